@@ -1,0 +1,205 @@
+//! The block pool: every KV block's reference count and cached hash, the free queue, and the
+//! prefix-cache table from block hash to block.
+
+use alloc::vec::Vec;
+
+use super::free_queue::FreeBlockQueue;
+use super::hash::BlockHash;
+use crate::error::NoFreeBlocks;
+use crate::map::FxHashMap;
+
+/// Block 0: never handed out, never freed (vLLM's null block).
+pub const NULL_BLOCK: u32 = 0;
+
+/// Blocks cached under one hash. The same content can be cached twice (two requests computed it
+/// separately); blocks are never de-duplicated so block tables stay append-only.
+#[derive(Clone, Debug)]
+enum CachedBlocks {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// All KV blocks of the cache and their bookkeeping.
+#[derive(Clone, Debug)]
+pub struct BlockPool {
+    ref_counts: Vec<u32>,
+    hashes: Vec<Option<BlockHash>>,
+    free: FreeBlockQueue,
+    cached: FxHashMap<BlockHash, CachedBlocks>,
+}
+
+impl BlockPool {
+    /// A pool of `num_blocks` blocks; block 0 is reserved, so `num_blocks - 1` are usable.
+    ///
+    /// # Panics
+    /// If `num_blocks` is 0 (configuration validation rejects that first).
+    pub fn new(num_blocks: u32) -> Self {
+        let mut free = FreeBlockQueue::new(num_blocks);
+        let null = free.popleft().expect("a pool has at least one block");
+        debug_assert_eq!(null, NULL_BLOCK);
+        Self {
+            ref_counts: alloc::vec![0; num_blocks as usize],
+            hashes: alloc::vec![None; num_blocks as usize],
+            free,
+            cached: FxHashMap::default(),
+        }
+    }
+
+    /// Blocks in the pool, the null block included.
+    pub fn num_blocks(&self) -> u32 {
+        self.ref_counts.len() as u32
+    }
+
+    /// Blocks that can ever be handed out (`num_blocks - 1`).
+    pub fn num_usable_blocks(&self) -> u32 {
+        self.num_blocks() - 1
+    }
+
+    /// Free blocks, evictable cached ones included.
+    pub fn num_free_blocks(&self) -> u32 {
+        self.free.len()
+    }
+
+    /// Fraction of usable blocks referenced by live requests (`1 - free / usable`).
+    pub fn usage(&self) -> f64 {
+        let usable = self.num_usable_blocks();
+        if usable == 0 {
+            return 0.0;
+        }
+        1.0 - f64::from(self.num_free_blocks()) / f64::from(usable)
+    }
+
+    /// Reference count of `block`.
+    pub fn ref_count(&self, block: u32) -> u32 {
+        self.ref_counts[block as usize]
+    }
+
+    /// The hash `block` is cached under, if any.
+    pub fn block_hash(&self, block: u32) -> Option<BlockHash> {
+        self.hashes[block as usize]
+    }
+
+    /// The free queue, head (next to be reused) first.
+    pub fn free_block_ids(&self) -> Vec<u32> {
+        self.free.iter().collect()
+    }
+
+    /// Whether `block` is on the free queue.
+    pub fn is_free(&self, block: u32) -> bool {
+        self.free.contains(block)
+    }
+
+    /// Number of distinct hashes in the prefix-cache table.
+    pub fn num_cached_hashes(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Number of blocks cached under `hash`.
+    pub fn num_blocks_cached_under(&self, hash: BlockHash) -> usize {
+        match self.cached.get(&hash) {
+            None => 0,
+            Some(CachedBlocks::One(_)) => 1,
+            Some(CachedBlocks::Many(blocks)) => blocks.len(),
+        }
+    }
+
+    /// A block cached under `hash`, if any.
+    pub fn lookup(&self, hash: BlockHash) -> Option<u32> {
+        match self.cached.get(&hash)? {
+            CachedBlocks::One(block) => Some(*block),
+            CachedBlocks::Many(blocks) => blocks.first().copied(),
+        }
+    }
+
+    /// Take `n` blocks from the head of the free queue, evicting their cached hashes; each gets
+    /// reference count 1. Takes nothing when fewer than `n` are free.
+    pub fn get_new_blocks(&mut self, n: u32) -> Result<Vec<u32>, NoFreeBlocks> {
+        let blocks = self.free.popleft_n(n)?;
+        for &block in &blocks {
+            self.evict(block);
+            self.ref_counts[block as usize] = 1;
+        }
+        Ok(blocks)
+    }
+
+    /// Take a reference on cache-hit blocks; a free one leaves the free queue.
+    pub fn touch(&mut self, blocks: &[u32]) {
+        for &block in blocks {
+            if self.ref_counts[block as usize] == 0 {
+                self.free.remove(block);
+            }
+            self.ref_counts[block as usize] += 1;
+        }
+    }
+
+    /// Drop one reference on each block, in the given order. Blocks that become free join the
+    /// queue as vLLM 0.33 does: blocks without a hash go to the head (reused first, LIFO), cached
+    /// ones to the tail (LRU, so a prefix freed together with its tail outlives the tail).
+    pub fn free_blocks(&mut self, blocks: impl IntoIterator<Item = u32>) {
+        let mut uncached = Vec::new();
+        for block in blocks {
+            let count = &mut self.ref_counts[block as usize];
+            debug_assert!(*count > 0, "double free of block {block}");
+            *count -= 1;
+            if *count == 0 {
+                if self.hashes[block as usize].is_some() {
+                    self.free.append(block);
+                } else {
+                    uncached.push(block);
+                }
+            }
+        }
+        self.free.prepend_n(&uncached);
+    }
+
+    /// Record that `block` holds the content named `hash`.
+    pub fn cache_block(&mut self, block: u32, hash: BlockHash) {
+        debug_assert!(self.hashes[block as usize].is_none());
+        self.hashes[block as usize] = Some(hash);
+        self.cached
+            .entry(hash)
+            .and_modify(|entry| match entry {
+                CachedBlocks::One(first) => *entry = CachedBlocks::Many(alloc::vec![*first, block]),
+                CachedBlocks::Many(blocks) => blocks.push(block),
+            })
+            .or_insert(CachedBlocks::One(block));
+    }
+
+    /// Forget the cached hash of `block` (it is about to be overwritten). Other blocks cached
+    /// under the same hash stay cached.
+    fn evict(&mut self, block: u32) {
+        let Some(hash) = self.hashes[block as usize].take() else {
+            return;
+        };
+        let remove_entry = match self.cached.get_mut(&hash) {
+            Some(CachedBlocks::One(_)) | None => true,
+            Some(CachedBlocks::Many(blocks)) => {
+                blocks.retain(|&b| b != block);
+                if let [last] = blocks[..] {
+                    self.cached.insert(hash, CachedBlocks::One(last));
+                }
+                false
+            }
+        };
+        if remove_entry {
+            self.cached.remove(&hash);
+        }
+    }
+
+    /// Evict a free, cached block now (as a later reuse would). Returns whether it was cached.
+    pub fn evict_cached_block(&mut self, block: u32) -> bool {
+        let was_cached = self.hashes[block as usize].is_some();
+        self.evict(block);
+        was_cached
+    }
+
+    /// Clear the whole prefix cache. Succeeds only when no block is referenced.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.num_free_blocks() != self.num_usable_blocks() {
+            return false;
+        }
+        self.cached.clear();
+        self.hashes.iter_mut().for_each(|hash| *hash = None);
+        true
+    }
+}

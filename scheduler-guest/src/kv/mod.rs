@@ -1,0 +1,224 @@
+//! The paged KV cache: block pool with a reserved null block, LRU free queue, reference counts,
+//! prefix caching by a hash chain over full blocks, and per-request slot allocation.
+//!
+//! Block ids handed out here are the real addresses of the model runner's KV memory: block `b`
+//! holds token slots `b * block_size .. (b + 1) * block_size`.
+
+pub mod block_pool;
+pub mod free_queue;
+pub mod hash;
+
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+pub use block_pool::{BlockPool, NULL_BLOCK};
+pub use free_queue::FreeBlockQueue;
+pub use hash::BlockHash;
+
+use crate::request::Request;
+
+/// A prefix-cache hit: whole blocks whose KV another request already computed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ComputedBlocks {
+    /// Hit blocks, in sequence order.
+    pub block_ids: Vec<u32>,
+    /// Hit tokens (`block_ids.len() * block_size`).
+    pub num_tokens: u32,
+}
+
+/// Prefix-cache counters, cumulative since the scheduler started (a caller takes differences).
+///
+/// Recorded once per admission, as vLLM 0.33 does; resumed (preempted) requests are counted apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCacheStats {
+    /// Admissions of never-preempted requests.
+    pub requests: u64,
+    /// Tokens looked up for them.
+    pub queries: u64,
+    /// Tokens found in the cache for them.
+    pub hits: u64,
+    /// Admissions of resumed requests.
+    pub preempted_requests: u64,
+    /// Tokens looked up for resumed requests.
+    pub preempted_queries: u64,
+    /// Tokens found for resumed requests.
+    pub preempted_hits: u64,
+    /// Successful prefix-cache resets.
+    pub resets: u64,
+}
+
+/// Allocates KV slots for requests over one [`BlockPool`].
+#[derive(Clone, Debug)]
+pub struct KvCacheManager {
+    pool: BlockPool,
+    block_size: u32,
+    max_model_len: u32,
+    enable_caching: bool,
+    stats: PrefixCacheStats,
+}
+
+fn blocks_for(tokens: u32, block_size: u32) -> u32 {
+    tokens.div_ceil(block_size)
+}
+
+impl KvCacheManager {
+    /// A manager over `num_blocks` blocks of `block_size` tokens.
+    pub fn new(num_blocks: u32, block_size: u32, max_model_len: u32, enable_caching: bool) -> Self {
+        Self {
+            pool: BlockPool::new(num_blocks),
+            block_size,
+            max_model_len,
+            enable_caching,
+            stats: PrefixCacheStats::default(),
+        }
+    }
+
+    /// The block pool.
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Whether prefix caching is on.
+    pub fn caching_enabled(&self) -> bool {
+        self.enable_caching
+    }
+
+    /// The block size requests hash with, or `None` when caching is off (no hashes are kept).
+    pub fn hash_block_size(&self) -> Option<u32> {
+        self.enable_caching.then_some(self.block_size)
+    }
+
+    /// Cumulative prefix-cache counters.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.stats
+    }
+
+    /// Fraction of usable blocks held by live requests.
+    pub fn usage(&self) -> f64 {
+        self.pool.usage()
+    }
+
+    /// The longest cached prefix of `request`, in whole blocks, leaving at least one token to
+    /// compute (so the last prompt token always produces logits).
+    pub fn get_computed_blocks(&self, request: &Request) -> ComputedBlocks {
+        if !self.enable_caching {
+            return ComputedBlocks::default();
+        }
+        let max_hit_tokens = request.num_tokens().saturating_sub(1);
+        let max_blocks = (max_hit_tokens / self.block_size) as usize;
+        let block_ids: Vec<u32> = request
+            .block_hashes
+            .iter()
+            .take(max_blocks)
+            .map_while(|&hash| self.pool.lookup(hash))
+            .collect();
+        let num_tokens = block_ids.len() as u32 * self.block_size;
+        ComputedBlocks {
+            block_ids,
+            num_tokens,
+        }
+    }
+
+    /// Record one admission's lookup in the prefix-cache counters.
+    pub fn record_admission(&mut self, resumed: bool, queries: u32, hits: u32) {
+        if !self.enable_caching {
+            return;
+        }
+        let (requests, total_queries, total_hits) = if resumed {
+            let s = &mut self.stats;
+            (
+                &mut s.preempted_requests,
+                &mut s.preempted_queries,
+                &mut s.preempted_hits,
+            )
+        } else {
+            let s = &mut self.stats;
+            (&mut s.requests, &mut s.queries, &mut s.hits)
+        };
+        *requests += 1;
+        *total_queries += u64::from(queries);
+        *total_hits += u64::from(hits);
+    }
+
+    /// Give `request` slots for `num_new_tokens` more tokens after its computed ones (and after
+    /// `hit`, a prefix-cache hit taken now). Returns the newly allocated blocks, or `None` when
+    /// they do not fit; then nothing changed (hit blocks were not touched).
+    ///
+    /// With `full_sequence_must_fit`, the blocks for all of the request's tokens must be free
+    /// too, not only those for this chunk (vLLM 0.33 admission, `scheduler_reserve_full_isl`).
+    pub fn allocate_slots(
+        &mut self,
+        request: &mut Request,
+        num_new_tokens: u32,
+        hit: &ComputedBlocks,
+        full_sequence_must_fit: bool,
+    ) -> Option<Vec<u32>> {
+        let computed = request.num_computed_tokens + hit.num_tokens;
+        let need_slots = (computed + num_new_tokens).min(self.max_model_len);
+        let held = request.block_ids.len() as u32 + hit.block_ids.len() as u32;
+        let evictable_hits = hit
+            .block_ids
+            .iter()
+            .filter(|&&block| self.pool.ref_count(block) == 0)
+            .count() as u32;
+        let num_new_blocks = blocks_for(need_slots, self.block_size).saturating_sub(held);
+        let free = self.pool.num_free_blocks();
+        if num_new_blocks + evictable_hits > free {
+            return None;
+        }
+        if full_sequence_must_fit {
+            let whole = blocks_for(request.num_tokens(), self.block_size).saturating_sub(held);
+            if whole + evictable_hits > free {
+                return None;
+            }
+        }
+        self.pool.touch(&hit.block_ids);
+        request.block_ids.extend_from_slice(&hit.block_ids);
+        if request.num_cached_blocks == 0 {
+            request.num_cached_blocks = hit.block_ids.len() as u32;
+        }
+        let new_blocks = self.pool.get_new_blocks(num_new_blocks).ok()?;
+        request.block_ids.extend_from_slice(&new_blocks);
+        if self.enable_caching {
+            self.cache_full_blocks(
+                request,
+                (computed + num_new_tokens).min(request.num_tokens()),
+            );
+        }
+        Some(new_blocks)
+    }
+
+    /// Put the request's blocks that will be full after `num_tokens` tokens into the prefix-cache
+    /// table. A block is cached once it is scheduled to be filled: within a step every layer
+    /// writes KV before attention reads it.
+    fn cache_full_blocks(&mut self, request: &mut Request, num_tokens: u32) {
+        let num_full = num_tokens / self.block_size;
+        for index in request.num_cached_blocks..num_full {
+            let block = request.block_ids[index as usize];
+            let hash = request.block_hashes[index as usize];
+            self.pool.cache_block(block, hash);
+        }
+        request.num_cached_blocks = request.num_cached_blocks.max(num_full);
+    }
+
+    /// Release all of the request's blocks, tail first, so the tail is evicted before its prefix.
+    pub fn free(&mut self, request: &mut Request) {
+        self.pool.free_blocks(request.block_ids.drain(..).rev());
+        request.num_cached_blocks = 0;
+    }
+
+    /// Clear the prefix cache; fails (returns false) while any block is held.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        let reset = self.pool.reset_prefix_cache();
+        if reset {
+            self.stats.resets += 1;
+        }
+        reset
+    }
+}

@@ -1,0 +1,751 @@
+//! The scheduler: continuous batching over the paged KV cache, vLLM v1's algorithm in its 0.33
+//! profile with synchronous scheduling.
+//!
+//! # Calling protocol
+//! - [`Scheduler::add_request`] and [`Scheduler::finish_requests`] whenever requests arrive or
+//!   leave;
+//! - each engine step: [`Scheduler::schedule`], run the model over the returned batch, then
+//!   [`Scheduler::update_from_output`] with what it sampled. A `schedule` that is not followed by
+//!   `update_from_output` counts as a step that sampled nothing;
+//! - every call takes `now_ns`, the caller's monotonic clock; the scheduler never reads a clock.
+//!
+//! # One step
+//! 1. The step counter increments (the first step is 1).
+//! 2. Running requests, in running order, get the tokens they still need (a decode token or the
+//!    rest of a chunked prompt), capped by `long_prefill_token_threshold` (not when only one
+//!    request exists) and by the remaining token budget. When KV blocks run out, the policy's
+//!    victim is preempted by recompute (blocks freed, computed count reset, back to the waiting
+//!    head) and allocation retried; a request that preempts itself is skipped. A victim already
+//!    scheduled this step has its tokens returned to the budget.
+//! 3. Only if nothing was preempted in step 2, waiting requests are admitted in policy order
+//!    while the budget and `max_num_seqs` allow: prefix-cache lookup, chunked first prefill
+//!    (without chunking a prompt that does not fit stops admission), and allocation, which with
+//!    `reserve_full_prompt` needs blocks for the whole sequence. A waiting request that does not
+//!    fit stops admission; it never preempts.
+//! 4. Scheduled requests' computed counts advance, so a chunked prefill continues next step.
+//!
+//! # Choices where upstream versions differ
+//! - vLLM 0.33 free order: blocks without a hash go to the head of the free queue, cached ones
+//!   to the tail; prefix-cache stats are counted once per admission.
+//! - Stop checks: EOS and stop tokens are held back until `min_tokens` output tokens exist (the
+//!   caller need not mask them); then `max_tokens` and `max_model_len` stop with LENGTH.
+//! - At most one token per request per step (no speculative decoding).
+//! - A prompt must be shorter than `max_model_len` (room for one output token); longer prompts
+//!   are a typed error rather than FINISHED_IGNORED. The KV cache must hold `max_model_len`
+//!   tokens, so a lone request can always run to completion.
+//!
+//! # Journey steps
+//! QUEUED and explicitly finished requests carry the counter as it stands; SCHEDULED and
+//! PREEMPTED from `schedule` carry this step; FIRST_TOKEN and natural FINISHED carry the step
+//! of the output being processed; PREEMPTED from `reset_prefix_cache` carries the counter.
+
+use alloc::boxed::Box;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use core::mem;
+
+use crate::config::SchedulerConfig;
+use crate::error::{ConfigError, OutputError, RequestError};
+use crate::journey::{JourneyEvent, JourneyEventType, JourneyRecorder, Phase, ScheduleKind};
+use crate::kv::{ComputedBlocks, KvCacheManager};
+use crate::output::{
+    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, ResetOutcome, ScheduledKind,
+    ScheduledRequest, SchedulerOutput, SchedulerStats,
+};
+use crate::queue::{new_policy, SchedulingPolicy};
+use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
+use crate::step_trace::{BatchSummary, RequestSnapshot, StepEvent, StepTracer};
+use crate::table::{ReqIdx, RequestTable};
+
+/// The step whose model output is awaited.
+#[derive(Clone, Debug)]
+struct InFlight {
+    step: u64,
+    /// Per scheduled request: its handle and whether a token is sampled for it.
+    entries: Vec<(ReqIdx, bool)>,
+}
+
+/// The scheduler state machine. See the module docs for the calling protocol.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    kv: KvCacheManager,
+    requests: RequestTable,
+    waiting: Box<dyn SchedulingPolicy>,
+    running: Vec<ReqIdx>,
+    finished_since_schedule: Vec<RequestId>,
+    preempted_since_schedule: Vec<RequestId>,
+    step: u64,
+    in_flight: Option<InFlight>,
+    journey: Option<JourneyRecorder>,
+    step_tracer: Option<StepTracer>,
+    num_preemptions_total: u64,
+}
+
+impl core::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("policy", &self.waiting.name())
+            .field("step", &self.step)
+            .field("running", &self.running.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler for a validated configuration, with the policy the configuration names.
+    pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
+        Self::with_policy(config, new_policy(config.policy))
+    }
+
+    /// A scheduler with a caller-supplied policy.
+    pub fn with_policy(
+        config: SchedulerConfig,
+        policy: Box<dyn SchedulingPolicy>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            kv: KvCacheManager::new(
+                config.num_blocks,
+                config.block_size,
+                config.max_model_len,
+                config.enable_prefix_caching,
+            ),
+            requests: RequestTable::default(),
+            waiting: policy,
+            running: Vec::new(),
+            finished_since_schedule: Vec::new(),
+            preempted_since_schedule: Vec::new(),
+            step: 0,
+            in_flight: None,
+            journey: config.journey.enabled.then(JourneyRecorder::default),
+            step_tracer: config
+                .step_tracing
+                .enabled
+                .then(|| StepTracer::new(config.step_tracing)),
+            num_preemptions_total: 0,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.waiting.name()
+    }
+
+    /// The KV cache manager.
+    pub fn kv(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    /// The step counter.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Live requests.
+    pub fn requests(&self) -> &RequestTable {
+        &self.requests
+    }
+
+    /// A live request by id.
+    pub fn request(&self, id: &str) -> Option<&Request> {
+        self.requests.get(self.requests.lookup(id)?)
+    }
+
+    /// Running request ids, in running order.
+    pub fn running_ids(&self) -> Vec<RequestId> {
+        self.ids_of(&self.running)
+    }
+
+    /// Waiting request ids, in admission order.
+    pub fn waiting_ids(&self) -> Vec<RequestId> {
+        self.ids_of(&self.waiting.order())
+    }
+
+    fn ids_of(&self, handles: &[ReqIdx]) -> Vec<RequestId> {
+        handles
+            .iter()
+            .map(|&idx| self.requests[idx].id.clone())
+            .collect()
+    }
+
+    /// Requests in the running list.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Requests in the waiting queue.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests not finished.
+    pub fn num_unfinished(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Ids finished since the last `schedule` (reported in the next output).
+    pub fn pending_finished_ids(&self) -> &[RequestId] {
+        &self.finished_since_schedule
+    }
+
+    /// Whether journey state exists at all (only while journey tracing is enabled).
+    pub fn has_journey_state(&self) -> bool {
+        self.journey.is_some()
+    }
+
+    /// Requests that hold journey state (sampled live requests).
+    pub fn journey_state_len(&self) -> usize {
+        self.journey
+            .as_ref()
+            .map_or(0, JourneyRecorder::num_tracked)
+    }
+
+    /// A sampled request's prefill high-water mark: prompt tokens scheduled so far (journey
+    /// tracing only).
+    pub fn journey_prefill_high_water(&self, id: &str) -> Option<u32> {
+        let idx = self.requests.lookup(id)?;
+        self.journey.as_ref()?.prefill_hiwater(idx)
+    }
+
+    /// Load and cache statistics.
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            step: self.step,
+            num_running: self.running.len() as u32,
+            num_waiting: self.waiting.len() as u32,
+            kv_cache_usage: self.kv.usage(),
+            num_free_blocks: self.kv.pool().num_free_blocks(),
+            num_usable_blocks: self.kv.pool().num_usable_blocks(),
+            prefix_cache: self.kv.prefix_cache_stats(),
+            num_preemptions_total: self.num_preemptions_total,
+        }
+    }
+
+    fn journey_event(
+        &self,
+        idx: ReqIdx,
+        event_type: JourneyEventType,
+        now_ns: u64,
+        step: u64,
+    ) -> Option<JourneyEvent> {
+        let journey = self.journey.as_ref()?;
+        let request = &self.requests[idx];
+        request
+            .journey_sampled
+            .then(|| journey.event(idx, request, event_type, now_ns, step))
+    }
+
+    /// Submit a request. It joins the waiting queue; the QUEUED event (if sampled) is returned.
+    pub fn add_request(
+        &mut self,
+        new: NewRequest,
+        now_ns: u64,
+    ) -> Result<Vec<JourneyEvent>, RequestError> {
+        let prompt_len = new.prompt_token_ids.len();
+        if new.prompt_token_ids.is_empty() {
+            return Err(RequestError::EmptyPrompt { id: new.id });
+        }
+        if prompt_len >= self.config.max_model_len as usize {
+            return Err(RequestError::PromptTooLong {
+                id: new.id,
+                prompt_len: u32::try_from(prompt_len).unwrap_or(u32::MAX),
+                max_model_len: self.config.max_model_len,
+            });
+        }
+        if new.max_tokens == 0 {
+            return Err(RequestError::ZeroMaxTokens { id: new.id });
+        }
+        if new.min_tokens > new.max_tokens {
+            return Err(RequestError::MinTokensAboveMaxTokens {
+                min_tokens: new.min_tokens,
+                max_tokens: new.max_tokens,
+                id: new.id,
+            });
+        }
+        if self.requests.lookup(&new.id).is_some() {
+            return Err(RequestError::DuplicateId { id: new.id });
+        }
+        let request = Request::new(new, self.kv.hash_block_size());
+        let idx = self.requests.insert(request);
+        self.waiting.push_back(&self.requests[idx], idx);
+        let mut events = Vec::new();
+        if let Some(journey) = &mut self.journey {
+            if self.requests[idx].journey_sampled {
+                journey.track(idx);
+            }
+        }
+        events.extend(self.journey_event(idx, JourneyEventType::Queued, now_ns, self.step));
+        Ok(events)
+    }
+
+    fn cap_prefill(&self, num_new_tokens: u32, single_request: bool) -> u32 {
+        let threshold = self.config.long_prefill_token_threshold;
+        if threshold > 0 && !single_request {
+            num_new_tokens.min(threshold)
+        } else {
+            num_new_tokens
+        }
+    }
+
+    /// Decide the next step. See the module docs for the algorithm.
+    pub fn schedule(&mut self, now_ns: u64) -> SchedulerOutput {
+        self.step += 1;
+        let step = self.step;
+        let mut step_events = Vec::new();
+        if let Some(tracer) = &mut self.step_tracer {
+            tracer.begin_step(step, &mut step_events);
+        }
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut scheduled: Vec<ScheduledRequest> = Vec::with_capacity(self.running.len());
+        let mut handles: Vec<ReqIdx> = Vec::with_capacity(self.running.len());
+        let mut journey_events = Vec::new();
+        let single_request = self.running.len() + self.waiting.len() == 1;
+        let mut preempted_this_step = false;
+
+        let mut position = 0;
+        while position < self.running.len() && budget > 0 {
+            let idx = self.running[position];
+            let request = &self.requests[idx];
+            let num_new_tokens = self
+                .cap_prefill(
+                    request.num_tokens() - request.num_computed_tokens,
+                    single_request,
+                )
+                .min(budget);
+            if num_new_tokens == 0 {
+                position += 1;
+                continue;
+            }
+            let new_blocks = loop {
+                let request = &mut self.requests[idx];
+                let no_hit = ComputedBlocks::default();
+                if let Some(blocks) =
+                    self.kv
+                        .allocate_slots(request, num_new_tokens, &no_hit, false)
+                {
+                    break Some(blocks);
+                }
+                let victim_position = self
+                    .waiting
+                    .preemption_victim(&self.running, &self.requests);
+                let victim = self.running.remove(victim_position);
+                if let Some(undo) = handles.iter().position(|&h| h == victim) {
+                    budget += scheduled[undo].num_scheduled_tokens;
+                    scheduled.remove(undo);
+                    handles.remove(undo);
+                }
+                self.preempt(victim, step, now_ns, &mut journey_events);
+                preempted_this_step = true;
+                if victim == idx {
+                    break None;
+                }
+                if victim_position < position {
+                    position -= 1;
+                }
+            };
+            let Some(block_ids) = new_blocks else {
+                continue;
+            };
+            let request = &mut self.requests[idx];
+            request.scheduled_step = step;
+            request.scheduled_tokens = num_new_tokens;
+            scheduled.push(ScheduledRequest {
+                request_id: request.id.clone(),
+                kind: ScheduledKind::Running,
+                num_computed_tokens: request.num_computed_tokens,
+                num_scheduled_tokens: num_new_tokens,
+                block_ids,
+                token_ids: Vec::new(),
+                sample: request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
+            });
+            handles.push(idx);
+            budget -= num_new_tokens;
+            position += 1;
+        }
+
+        if !preempted_this_step {
+            self.admit_waiting(
+                step,
+                now_ns,
+                single_request,
+                &mut budget,
+                &mut scheduled,
+                &mut handles,
+                &mut journey_events,
+            );
+        }
+
+        let output = SchedulerOutput {
+            step,
+            total_num_scheduled_tokens: self.config.max_num_batched_tokens - budget,
+            scheduled,
+            preempted_ids: mem::take(&mut self.preempted_since_schedule),
+            finished_ids: mem::take(&mut self.finished_since_schedule),
+            journey_events,
+            step_events,
+        };
+        let mut output = output;
+        if self.step_tracer.is_some() {
+            self.trace_step(&mut output, now_ns);
+        }
+        for (entry, &idx) in output.scheduled.iter().zip(&handles) {
+            let request = &mut self.requests[idx];
+            request.num_computed_tokens += entry.num_scheduled_tokens;
+            if let Some(journey) = &mut self.journey {
+                if request.journey_sampled {
+                    journey.advance_prefill(idx, request);
+                }
+            }
+        }
+        self.in_flight = Some(InFlight {
+            step,
+            entries: output
+                .scheduled
+                .iter()
+                .zip(handles)
+                .map(|(entry, idx)| (idx, entry.sample))
+                .collect(),
+        });
+        output
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn admit_waiting(
+        &mut self,
+        step: u64,
+        now_ns: u64,
+        single_request: bool,
+        budget: &mut u32,
+        scheduled: &mut Vec<ScheduledRequest>,
+        handles: &mut Vec<ReqIdx>,
+        journey_events: &mut Vec<JourneyEvent>,
+    ) {
+        while *budget > 0 && self.running.len() < self.config.max_num_seqs as usize {
+            let Some(idx) = self.waiting.peek() else {
+                break;
+            };
+            let request = &self.requests[idx];
+            let hit = self.kv.get_computed_blocks(request);
+            let wanted = self.cap_prefill(request.num_tokens() - hit.num_tokens, single_request);
+            if !self.config.enable_chunked_prefill && wanted > *budget {
+                break;
+            }
+            let num_new_tokens = wanted.min(*budget);
+            let request = &mut self.requests[idx];
+            let reserve = self.config.reserve_full_prompt;
+            if self
+                .kv
+                .allocate_slots(request, num_new_tokens, &hit, reserve)
+                .is_none()
+            {
+                break;
+            }
+            self.waiting.pop();
+            self.running.push(idx);
+            let kind = match request.status {
+                RequestStatus::Preempted => ScheduleKind::Resume,
+                _ => ScheduleKind::First,
+            };
+            self.kv.record_admission(
+                kind == ScheduleKind::Resume,
+                request.num_tokens(),
+                hit.num_tokens,
+            );
+            request.status = RequestStatus::Running;
+            request.num_computed_tokens = hit.num_tokens;
+            request.num_cached_tokens.get_or_insert(hit.num_tokens);
+            request.scheduled_step = step;
+            request.scheduled_tokens = num_new_tokens;
+            scheduled.push(ScheduledRequest {
+                request_id: request.id.clone(),
+                kind: match kind {
+                    ScheduleKind::First => ScheduledKind::New,
+                    ScheduleKind::Resume => ScheduledKind::Resumed,
+                },
+                num_computed_tokens: hit.num_tokens,
+                num_scheduled_tokens: num_new_tokens,
+                block_ids: request.block_ids.clone(),
+                token_ids: request.token_ids.clone(),
+                sample: hit.num_tokens + num_new_tokens >= request.num_tokens(),
+            });
+            handles.push(idx);
+            *budget -= num_new_tokens;
+            if let Some(mut event) =
+                self.journey_event(idx, JourneyEventType::Scheduled, now_ns, step)
+            {
+                event.schedule_kind = Some(kind);
+                journey_events.push(event);
+            }
+        }
+    }
+
+    /// Preempt a running request (already removed from the running list) by recompute.
+    fn preempt(&mut self, idx: ReqIdx, step: u64, now_ns: u64, events: &mut Vec<JourneyEvent>) {
+        let request = &mut self.requests[idx];
+        self.kv.free(request);
+        request.status = RequestStatus::Preempted;
+        request.num_computed_tokens = 0;
+        request.num_preemptions += 1;
+        request.scheduled_tokens = 0;
+        self.num_preemptions_total += 1;
+        self.preempted_since_schedule.push(request.id.clone());
+        events.extend(self.journey_event(idx, JourneyEventType::Preempted, now_ns, step));
+        self.waiting.push_front(&self.requests[idx], idx);
+    }
+
+    fn trace_step(&mut self, output: &mut SchedulerOutput, now_ns: u64) {
+        let Some(tracer) = &self.step_tracer else {
+            return;
+        };
+        let step = output.step;
+        let summarise = tracer.sample_summary(step);
+        let rich = summarise && tracer.sample_rich(step);
+        if summarise {
+            let summary = self.batch_summary(output, now_ns);
+            output.step_events.push(StepEvent::BatchSummary(summary));
+        }
+        if rich {
+            for &idx in &self.running {
+                output
+                    .step_events
+                    .push(StepEvent::RequestSnapshot(self.snapshot(idx, step)));
+            }
+        }
+        if let Some(tracer) = &mut self.step_tracer {
+            if summarise {
+                tracer.mark_emitted();
+            }
+            tracer.end_step(step, &mut output.step_events);
+        }
+    }
+
+    fn batch_summary(&self, output: &SchedulerOutput, now_ns: u64) -> BatchSummary {
+        let (mut prefill_reqs, mut decode_reqs, mut prefill_tokens, mut decode_tokens) =
+            (0, 0, 0, 0);
+        for entry in &output.scheduled {
+            let decoding = self
+                .request(&entry.request_id)
+                .is_some_and(|request| request.num_output_tokens() > 0);
+            if decoding {
+                decode_reqs += 1;
+                decode_tokens += entry.num_scheduled_tokens;
+            } else {
+                prefill_reqs += 1;
+                prefill_tokens += entry.num_scheduled_tokens;
+            }
+        }
+        let pool = self.kv.pool();
+        BatchSummary {
+            step_id: output.step,
+            ts_start_ns: now_ns,
+            running_depth: self.running.len() as u32,
+            waiting_depth: self.waiting.len() as u32,
+            num_prefill_reqs: prefill_reqs,
+            num_decode_reqs: decode_reqs,
+            scheduled_tokens: output.total_num_scheduled_tokens,
+            prefill_tokens,
+            decode_tokens,
+            num_finished: output.finished_ids.len() as u32,
+            num_preempted: output.preempted_ids.len() as u32,
+            kv_usage_ratio: pool.usage(),
+            kv_blocks_total: pool.num_usable_blocks(),
+            kv_blocks_free: pool.num_free_blocks(),
+        }
+    }
+
+    fn snapshot(&self, idx: ReqIdx, step: u64) -> RequestSnapshot {
+        let request = &self.requests[idx];
+        RequestSnapshot {
+            step_id: step,
+            request_id: request.id.clone(),
+            phase: if request.num_output_tokens() == 0 {
+                Phase::Prefill
+            } else {
+                Phase::Decode
+            },
+            num_prompt_tokens: request.prompt_len,
+            num_computed_tokens: request.num_computed_tokens,
+            num_output_tokens: request.num_output_tokens(),
+            num_preemptions: request.num_preemptions,
+            scheduled_tokens_this_step: if request.scheduled_step == step {
+                request.scheduled_tokens
+            } else {
+                0
+            },
+            kv_blocks_allocated: request.block_ids.len() as u32,
+            kv_blocks_cached: request.num_cached_blocks,
+            effective_prompt_len: request
+                .num_cached_tokens
+                .filter(|&cached| cached < request.prompt_len)
+                .map(|cached| request.prompt_len - cached),
+        }
+    }
+
+    /// Apply the model's results for the step in flight: append tokens, run stop checks, free
+    /// finished requests. A rejected output changes nothing and leaves the step in flight.
+    pub fn update_from_output(
+        &mut self,
+        output: &ModelOutput,
+        now_ns: u64,
+    ) -> Result<EngineOutputs, OutputError> {
+        let flight = self.in_flight.take().ok_or(OutputError::NoStepInFlight)?;
+        if let Err(error) = self.validate_output(&flight, output) {
+            self.in_flight = Some(flight);
+            return Err(error);
+        }
+        let hash_block_size = self.kv.hash_block_size();
+        let max_model_len = self.config.max_model_len;
+        let mut engine = EngineOutputs {
+            step: flight.step,
+            ..EngineOutputs::default()
+        };
+        let mut stopped_running = false;
+        for (&(idx, _), token) in flight.entries.iter().zip(&output.sampled_token_ids) {
+            let Some(token) = *token else {
+                continue;
+            };
+            let Some(request) = self.requests.get_mut(idx) else {
+                continue;
+            };
+            request.append_output_token(token, hash_block_size);
+            let finish = request.check_stop(max_model_len);
+            engine.outputs.push(RequestOutput {
+                request_id: request.id.clone(),
+                client_index: request.client_index,
+                token_id: token,
+                finish_status: finish,
+                stop_reason: request.stop_reason,
+            });
+            let first_token = request.num_output_tokens() == 1
+                && self
+                    .journey
+                    .as_mut()
+                    .is_some_and(|journey| journey.take_first_token(idx));
+            if first_token {
+                engine.journey_events.extend(self.journey_event(
+                    idx,
+                    JourneyEventType::FirstToken,
+                    now_ns,
+                    flight.step,
+                ));
+            }
+            if let Some(status) = finish {
+                stopped_running |= self.requests[idx].status == RequestStatus::Running;
+                if self.requests[idx].status == RequestStatus::Preempted {
+                    self.waiting.remove(&self.requests[idx], idx);
+                }
+                self.finish(idx, status, now_ns, flight.step, &mut engine.journey_events);
+            }
+        }
+        if stopped_running {
+            let requests = &self.requests;
+            self.running.retain(|&idx| requests.get(idx).is_some());
+        }
+        Ok(engine)
+    }
+
+    fn validate_output(&self, flight: &InFlight, output: &ModelOutput) -> Result<(), OutputError> {
+        if output.sampled_token_ids.len() != flight.entries.len() {
+            return Err(OutputError::LengthMismatch {
+                expected: flight.entries.len(),
+                got: output.sampled_token_ids.len(),
+            });
+        }
+        for (&(idx, sample), token) in flight.entries.iter().zip(&output.sampled_token_ids) {
+            if token.is_some() && !sample {
+                if let Some(request) = self.requests.get(idx) {
+                    return Err(OutputError::TokenDuringPrefill {
+                        id: request.id.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mark a request finished, emit FINISHED and release everything it holds. The caller has
+    /// taken it out of the running list or waiting queue (or does so right after).
+    fn finish(
+        &mut self,
+        idx: ReqIdx,
+        status: FinishStatus,
+        now_ns: u64,
+        step: u64,
+        events: &mut Vec<JourneyEvent>,
+    ) {
+        self.requests[idx].status = RequestStatus::Finished(status);
+        if let Some(mut event) = self.journey_event(idx, JourneyEventType::Finished, now_ns, step) {
+            event.finish_status = Some(status);
+            events.push(event);
+        }
+        if let Some(journey) = &mut self.journey {
+            journey.forget(idx);
+        }
+        if let Some(mut request) = self.requests.remove(idx) {
+            self.kv.free(&mut request);
+            self.finished_since_schedule.push(request.id);
+        }
+    }
+
+    /// Finish requests from outside the step loop (client abort, error). Unknown and already
+    /// finished ids are skipped silently.
+    pub fn finish_requests<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a str>,
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> FinishOutcome {
+        let mut outcome = FinishOutcome::default();
+        for id in ids {
+            let Some(idx) = self.requests.lookup(id) else {
+                continue;
+            };
+            match self.requests[idx].status {
+                RequestStatus::Running => self.running.retain(|&running| running != idx),
+                _ => {
+                    self.waiting.remove(&self.requests[idx], idx);
+                }
+            }
+            outcome.finished_ids.push(self.requests[idx].id.clone());
+            self.finish(idx, status, now_ns, self.step, &mut outcome.journey_events);
+        }
+        outcome
+    }
+
+    /// Clear the prefix cache. With `reset_running_requests`, every running request is preempted
+    /// first (they return to the waiting queue in running order); otherwise the reset fails while
+    /// any block is held.
+    pub fn reset_prefix_cache(
+        &mut self,
+        reset_running_requests: bool,
+        now_ns: u64,
+    ) -> ResetOutcome {
+        let mut outcome = ResetOutcome::default();
+        if reset_running_requests {
+            while let Some(idx) = self.running.pop() {
+                outcome.preempted_ids.push(self.requests[idx].id.clone());
+                self.preempt(idx, self.step, now_ns, &mut outcome.journey_events);
+            }
+            outcome.preempted_ids.reverse();
+        }
+        outcome.reset = self.kv.reset_prefix_cache();
+        outcome
+    }
+
+    /// Close the open step-tracing window (a host calls this before it stops). Scheduling may
+    /// continue afterwards; the next step opens a new window.
+    pub fn shutdown(&mut self, _now_ns: u64) -> Vec<StepEvent> {
+        let mut events = Vec::new();
+        if let Some(tracer) = &mut self.step_tracer {
+            tracer.shutdown(self.step, &mut events);
+        }
+        events
+    }
+}

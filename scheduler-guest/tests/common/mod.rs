@@ -1,0 +1,91 @@
+//! The upstream test harness, reproduced: `create_scheduler` and `create_requests` defaults.
+#![allow(dead_code)]
+
+use waypoint_scheduler::{
+    EngineOutputs, ModelOutput, NewRequest, Scheduler, SchedulerConfig, SchedulerOutput,
+};
+
+/// vLLM's `EOS_TOKEN_ID` in the scheduler tests.
+pub const EOS: u32 = 50256;
+
+/// `create_scheduler()`: 16 sequences, 8192-token budget, block 16, 10 000 blocks,
+/// max_model_len = budget, chunked prefill on, prefix caching off.
+pub fn harness_config() -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: 8192,
+        max_model_len: 8192,
+        block_size: 16,
+        num_blocks: 10_000,
+        enable_prefix_caching: false,
+        ..SchedulerConfig::default()
+    }
+}
+
+pub fn scheduler(config: SchedulerConfig) -> Scheduler {
+    Scheduler::new(config).expect("valid test config")
+}
+
+/// `create_requests(n, num_tokens, max_tokens)`: ids "0".."n-1", prompt `[i; num_tokens]`.
+pub fn requests(n: usize, num_tokens: usize, max_tokens: u32) -> Vec<NewRequest> {
+    (0..n)
+        .map(|i| NewRequest {
+            max_tokens,
+            eos_token_id: Some(EOS),
+            arrival_ns: i as u64,
+            ..NewRequest::new(i.to_string(), vec![i as u32; num_tokens])
+        })
+        .collect()
+}
+
+pub fn add_all(scheduler: &mut Scheduler, requests: Vec<NewRequest>) {
+    for request in requests {
+        scheduler.add_request(request, 0).expect("valid request");
+    }
+}
+
+/// Feed `token` to every request the step samples for.
+pub fn sample_all(output: &SchedulerOutput, token: u32) -> ModelOutput {
+    ModelOutput {
+        sampled_token_ids: output
+            .scheduled
+            .iter()
+            .map(|entry| entry.sample.then_some(token))
+            .collect(),
+    }
+}
+
+/// One engine step that samples `token` wherever a token is due.
+pub fn step(scheduler: &mut Scheduler, token: u32) -> (SchedulerOutput, EngineOutputs) {
+    let now = scheduler.step() * 1_000 + 1_000;
+    let output = scheduler.schedule(now);
+    let engine = scheduler
+        .update_from_output(&sample_all(&output, token), now + 500)
+        .expect("well-formed model output");
+    (output, engine)
+}
+
+/// Ids of scheduled entries of one kind.
+pub fn ids_of_kind(
+    output: &SchedulerOutput,
+    kind: waypoint_scheduler::ScheduledKind,
+) -> Vec<String> {
+    output
+        .scheduled
+        .iter()
+        .filter(|entry| entry.kind == kind)
+        .map(|entry| entry.request_id.to_string())
+        .collect()
+}
+
+pub fn tokens_of(output: &SchedulerOutput, id: &str) -> Option<u32> {
+    output
+        .scheduled
+        .iter()
+        .find(|entry| &*entry.request_id == id)
+        .map(|entry| entry.num_scheduled_tokens)
+}
+
+pub fn strings(ids: &[waypoint_scheduler::RequestId]) -> Vec<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
