@@ -13,6 +13,9 @@ pub enum PolicyKind {
     Fcfs,
     /// Lowest `(priority, arrival, id)` first; the worst `(priority, arrival)` is preempted.
     Priority,
+    /// Fair sharing between clients: the client with the least scheduled tokens is admitted
+    /// first; the client with the most is preempted first.
+    Fair,
 }
 
 /// Journey tracing settings.
@@ -152,16 +155,13 @@ impl SchedulerConfig {
             });
         }
         let tracing = &self.step_tracing;
-        for (name, value) in [
-            ("step_tracing.sample_rate", tracing.sample_rate),
-            (
-                "step_tracing.rich_subsample_rate",
+        if !(0.0..=1.0).contains(&tracing.sample_rate) {
+            return Err(ConfigError::SampleRateOutOfRange(tracing.sample_rate));
+        }
+        if !(0.0..=1.0).contains(&tracing.rich_subsample_rate) {
+            return Err(ConfigError::RichSubsampleRateOutOfRange(
                 tracing.rich_subsample_rate,
-            ),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(ConfigError::RateOutOfRange { name, value });
-            }
+            ));
         }
         if !(10..=10_000).contains(&tracing.closure_interval) {
             return Err(ConfigError::ClosureIntervalOutOfRange(

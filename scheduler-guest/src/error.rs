@@ -72,14 +72,12 @@ pub enum ConfigError {
         /// The configured model length.
         max_model_len: u32,
     },
-    /// A sampling rate outside `[0, 1]`.
-    #[error("{name} must be within [0, 1], got {value}")]
-    RateOutOfRange {
-        /// The setting's name.
-        name: &'static str,
-        /// The configured value.
-        value: f64,
-    },
+    /// `step_tracing.sample_rate` outside `[0, 1]`.
+    #[error("step_tracing.sample_rate must be within [0, 1], got {0}")]
+    SampleRateOutOfRange(f64),
+    /// `step_tracing.rich_subsample_rate` outside `[0, 1]`.
+    #[error("step_tracing.rich_subsample_rate must be within [0, 1], got {0}")]
+    RichSubsampleRateOutOfRange(f64),
     /// `step_tracing.closure_interval` outside `[10, 10000]`.
     #[error("step tracing closure_interval must be within [10, 10000], got {0}")]
     ClosureIntervalOutOfRange(u32),
@@ -160,4 +158,25 @@ pub enum OutputError {
         /// The request.
         id: String,
     },
+}
+
+/// A state [`crate::Scheduler::import_state`] rejected.
+#[derive(Clone, Debug, PartialEq, Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The bytes do not start with the state header.
+    #[error("not a Waypoint scheduler state")]
+    NotAState,
+    /// Written by an incompatible version of the state format.
+    #[error("unsupported scheduler state version {0}")]
+    UnsupportedVersion(u32),
+    /// Truncated or not decodable.
+    #[error("malformed scheduler state: {0}")]
+    Malformed(String),
+    /// Decodable, but its parts contradict each other.
+    #[error("inconsistent scheduler state: {0}")]
+    Inconsistent(String),
+    /// Its configuration is invalid.
+    #[error("scheduler state has an invalid configuration: {0}")]
+    Config(#[from] ConfigError),
 }

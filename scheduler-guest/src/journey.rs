@@ -163,6 +163,23 @@ impl JourneyRecorder {
             .map(|progress| progress.prefill_hiwater)
     }
 
+    /// `(prefill high-water mark, FIRST_TOKEN emitted)` of a tracked request.
+    pub(crate) fn progress_of(&self, idx: ReqIdx) -> Option<(u32, bool)> {
+        self.progress
+            .get(&idx.slot())
+            .map(|progress| (progress.prefill_hiwater, progress.first_token_emitted))
+    }
+
+    pub(crate) fn restore(&mut self, idx: ReqIdx, prefill_hiwater: u32, first_token_emitted: bool) {
+        self.progress.insert(
+            idx.slot(),
+            Progress {
+                prefill_hiwater,
+                first_token_emitted,
+            },
+        );
+    }
+
     /// Raise the prefill high-water mark after `request`'s computed count advanced; only
     /// before its first output token.
     pub(crate) fn advance_prefill(&mut self, idx: ReqIdx, request: &Request) {

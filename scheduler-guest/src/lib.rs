@@ -44,11 +44,12 @@ pub mod output;
 pub mod queue;
 pub mod request;
 pub mod scheduler;
+pub mod state;
 pub mod step_trace;
 pub mod table;
 
 pub use config::{JourneyConfig, PolicyKind, SchedulerConfig, StepTracingConfig};
-pub use error::{ConfigError, OutputError, RequestError};
+pub use error::{ConfigError, OutputError, RequestError, StateError};
 pub use journey::{
     JourneyEvent, JourneyEventType, JourneyValidator, JourneyViolation, Phase, ScheduleKind,
 };

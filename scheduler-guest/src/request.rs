@@ -119,7 +119,7 @@ impl RequestStatus {
 }
 
 /// The scheduler's record of one request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     pub(crate) id: RequestId,
     pub(crate) client_index: u32,
@@ -138,7 +138,9 @@ pub struct Request {
     pub(crate) journey_sampled: bool,
     pub(crate) cache_salt: Option<String>,
     pub(crate) stop_reason: Option<u32>,
-    /// Hashes of every full block of `token_ids` (kept only with prefix caching on).
+    /// Hashes of every full block of `token_ids` (kept only with prefix caching on); derived
+    /// from the tokens, so a state import recomputes them.
+    #[serde(skip)]
     pub(crate) block_hashes: Vec<BlockHash>,
     /// The request's block table: KV block ids in sequence order.
     pub(crate) block_ids: Vec<u32>,
@@ -184,7 +186,7 @@ impl Request {
         request
     }
 
-    fn update_block_hashes(&mut self, block_size: u32) {
+    pub(crate) fn update_block_hashes(&mut self, block_size: u32) {
         extend_block_hashes(
             &mut self.block_hashes,
             &self.token_ids,

@@ -59,26 +59,26 @@ use crate::table::{ReqIdx, RequestTable};
 
 /// The step whose model output is awaited.
 #[derive(Clone, Debug)]
-struct InFlight {
-    step: u64,
+pub(crate) struct InFlight {
+    pub(crate) step: u64,
     /// Per scheduled request: its handle and whether a token is sampled for it.
-    entries: Vec<(ReqIdx, bool)>,
+    pub(crate) entries: Vec<(ReqIdx, bool)>,
 }
 
 /// The scheduler state machine. See the module docs for the calling protocol.
 pub struct Scheduler {
-    config: SchedulerConfig,
-    kv: KvCacheManager,
-    requests: RequestTable,
-    waiting: Box<dyn SchedulingPolicy>,
-    running: Vec<ReqIdx>,
-    finished_since_schedule: Vec<RequestId>,
-    preempted_since_schedule: Vec<RequestId>,
-    step: u64,
-    in_flight: Option<InFlight>,
-    journey: Option<JourneyRecorder>,
-    step_tracer: Option<StepTracer>,
-    num_preemptions_total: u64,
+    pub(crate) config: SchedulerConfig,
+    pub(crate) kv: KvCacheManager,
+    pub(crate) requests: RequestTable,
+    pub(crate) waiting: Box<dyn SchedulingPolicy>,
+    pub(crate) running: Vec<ReqIdx>,
+    pub(crate) finished_since_schedule: Vec<RequestId>,
+    pub(crate) preempted_since_schedule: Vec<RequestId>,
+    pub(crate) step: u64,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) journey: Option<JourneyRecorder>,
+    pub(crate) step_tracer: Option<StepTracer>,
+    pub(crate) num_preemptions_total: u64,
 }
 
 impl core::fmt::Debug for Scheduler {
@@ -398,6 +398,10 @@ impl Scheduler {
         for (entry, &idx) in output.scheduled.iter().zip(&handles) {
             let request = &mut self.requests[idx];
             request.num_computed_tokens += entry.num_scheduled_tokens;
+            if entry.kind == ScheduledKind::Running {
+                self.waiting
+                    .on_scheduled(request, entry.num_scheduled_tokens);
+            }
             if let Some(journey) = &mut self.journey {
                 if request.journey_sampled {
                     journey.advance_prefill(idx, request);
@@ -477,6 +481,10 @@ impl Scheduler {
             });
             handles.push(idx);
             *budget -= num_new_tokens;
+            // Admissions are final at once (running tokens may still be taken back by a
+            // preemption later in the step), so the policy sees them before its next peek.
+            self.waiting
+                .on_scheduled(&self.requests[idx], num_new_tokens);
             if let Some(mut event) =
                 self.journey_event(idx, JourneyEventType::Scheduled, now_ns, step)
             {

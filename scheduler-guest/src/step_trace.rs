@@ -17,7 +17,7 @@ use crate::request::RequestId;
 /// Decides which steps are traced: `SHA-1("{seed}:{step}")` (the reference system's
 /// deterministic sampler; `"{seed}:{step}:rich"` for the rich stage), first 8 bytes big-endian,
 /// divided by 2^64, sampled when below the rate. The same seed and step always agree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSampler {
     seed: u64,
 }
@@ -232,14 +232,14 @@ pub enum StepEvent {
     },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Window {
     sequence: u64,
     step_range_start: u64,
 }
 
 /// Window bookkeeping and sampling decisions; exists only while step tracing is enabled.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StepTracer {
     config: StepTracingConfig,
     sampler: StepSampler,
@@ -258,6 +258,15 @@ impl StepTracer {
             last_sequence: 0,
             steps_since_closure: 0,
             emitted_since_closure: false,
+        }
+    }
+
+    /// Continue an imported tracer's windows under the importer's validated settings.
+    pub(crate) fn resume(self, config: StepTracingConfig) -> Self {
+        Self {
+            config,
+            sampler: StepSampler::new(config.seed),
+            ..self
         }
     }
 

@@ -107,6 +107,19 @@ impl RequestTable {
         self.by_id.is_empty()
     }
 
+    /// Handles of all live requests, in slot order.
+    pub fn handles(&self) -> Vec<ReqIdx> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.request.is_some())
+            .map(|(slot, entry)| ReqIdx {
+                slot: slot as u32,
+                generation: entry.generation,
+            })
+            .collect()
+    }
+
     /// All live requests, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = &Request> {
         self.slots.iter().filter_map(|slot| slot.request.as_ref())

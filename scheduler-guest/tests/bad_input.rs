@@ -86,10 +86,13 @@ fn invalid_configurations_are_rejected_with_the_broken_rule() {
     ));
     let mut tracing = base;
     tracing.step_tracing.sample_rate = 1.5;
-    assert!(matches!(
+    assert_eq!(rejected(tracing), ConfigError::SampleRateOutOfRange(1.5));
+    let mut tracing = base;
+    tracing.step_tracing.rich_subsample_rate = -0.1;
+    assert_eq!(
         rejected(tracing),
-        ConfigError::RateOutOfRange { .. }
-    ));
+        ConfigError::RichSubsampleRateOutOfRange(-0.1)
+    );
     let mut tracing = base;
     tracing.step_tracing.closure_interval = 5;
     assert_eq!(rejected(tracing), ConfigError::ClosureIntervalOutOfRange(5));

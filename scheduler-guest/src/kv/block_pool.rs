@@ -45,6 +45,35 @@ impl BlockPool {
         }
     }
 
+    /// Rebuild a pool from exported parts; the caller has checked them (every usable block is
+    /// either referenced or on `free_order`, ids in range, no block twice).
+    pub(crate) fn restore(
+        ref_counts: Vec<u32>,
+        free_order: &[u32],
+        cached: &[(u32, BlockHash)],
+    ) -> Self {
+        let num_blocks = ref_counts.len() as u32;
+        let mut pool = Self {
+            ref_counts,
+            hashes: alloc::vec![None; num_blocks as usize],
+            free: FreeBlockQueue::from_order(num_blocks, free_order),
+            cached: FxHashMap::default(),
+        };
+        for &(block, hash) in cached {
+            pool.cache_block(block, hash);
+        }
+        pool
+    }
+
+    /// Every cached block with its hash, by block id.
+    pub fn cached_blocks(&self) -> Vec<(u32, BlockHash)> {
+        self.hashes
+            .iter()
+            .enumerate()
+            .filter_map(|(block, hash)| hash.map(|hash| (block as u32, hash)))
+            .collect()
+    }
+
     /// Blocks in the pool, the null block included.
     pub fn num_blocks(&self) -> u32 {
         self.ref_counts.len() as u32

@@ -74,6 +74,23 @@ impl KvCacheManager {
         }
     }
 
+    /// A manager over a restored pool.
+    pub(crate) fn from_parts(
+        pool: BlockPool,
+        block_size: u32,
+        max_model_len: u32,
+        enable_caching: bool,
+        stats: PrefixCacheStats,
+    ) -> Self {
+        Self {
+            pool,
+            block_size,
+            max_model_len,
+            enable_caching,
+            stats,
+        }
+    }
+
     /// The block pool.
     pub fn pool(&self) -> &BlockPool {
         &self.pool
