@@ -11,7 +11,6 @@ pub struct NoFreeBlocks;
 
 /// A [`crate::SchedulerConfig`] that cannot work.
 #[derive(Clone, Debug, PartialEq, Error)]
-#[non_exhaustive]
 pub enum ConfigError {
     /// `block_size` is 0.
     #[error("block_size must be at least 1")]
@@ -85,7 +84,6 @@ pub enum ConfigError {
 
 /// A submission [`crate::Scheduler::add_request`] rejected; nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[non_exhaustive]
 pub enum RequestError {
     /// An unfinished request already has this id.
     #[error("request id {id:?} is already in use")]
@@ -131,7 +129,6 @@ pub enum RequestError {
 
 /// A model output [`crate::Scheduler::update_from_output`] rejected; nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[non_exhaustive]
 pub enum OutputError {
     /// No `schedule()` output is waiting for its model results.
     #[error("no scheduled step is waiting for model output")]
@@ -144,14 +141,6 @@ pub enum OutputError {
         /// Entries given.
         got: usize,
     },
-    /// A request can gain at most one token per step.
-    #[error("request {id:?} got {got} tokens; at most one per step")]
-    TooManyTokens {
-        /// The request.
-        id: String,
-        /// Tokens given.
-        got: usize,
-    },
     /// A token for a request whose prompt was not complete after the step.
     #[error("request {id:?} got a token while still in prefill")]
     TokenDuringPrefill {
@@ -162,7 +151,6 @@ pub enum OutputError {
 
 /// A state [`crate::Scheduler::import_state`] rejected.
 #[derive(Clone, Debug, PartialEq, Error)]
-#[non_exhaustive]
 pub enum StateError {
     /// The bytes do not start with the state header.
     #[error("not a Waypoint scheduler state")]

@@ -54,8 +54,8 @@ pub use journey::{
     JourneyEvent, JourneyEventType, JourneyValidator, JourneyViolation, Phase, ScheduleKind,
 };
 pub use output::{
-    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, ResetOutcome, ScheduledKind,
-    ScheduledRequest, SchedulerOutput, SchedulerStats,
+    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, RequestRef, ResetOutcome,
+    ScheduledKind, ScheduledRequest, SchedulerOutput, SchedulerStats,
 };
 pub use request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
 pub use scheduler::Scheduler;

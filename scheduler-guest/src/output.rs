@@ -10,6 +10,17 @@ use crate::kv::PrefixCacheStats;
 use crate::request::{FinishStatus, RequestId};
 use crate::step_trace::StepEvent;
 
+/// A request named by both its id and its handle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRef {
+    /// The request id.
+    pub id: RequestId,
+    /// The scheduler-assigned handle.
+    pub handle: u64,
+    /// The request's client index.
+    pub client_index: u32,
+}
+
 /// How a scheduled request relates to the previous step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +40,8 @@ pub enum ScheduledKind {
 pub struct ScheduledRequest {
     /// The request.
     pub request_id: RequestId,
+    /// Its handle.
+    pub handle: u64,
     /// New, resumed or running.
     pub kind: ScheduledKind,
     /// Tokens with KV already in the cache before this step (prefix hit for new requests).
@@ -54,9 +67,9 @@ pub struct SchedulerOutput {
     /// Sum of `num_scheduled_tokens`.
     pub total_num_scheduled_tokens: u32,
     /// Requests preempted since the previous step's output (their blocks are gone).
-    pub preempted_ids: Vec<RequestId>,
+    pub preempted: Vec<RequestRef>,
     /// Requests finished or aborted since the previous step's output.
-    pub finished_ids: Vec<RequestId>,
+    pub finished: Vec<RequestRef>,
     /// Journey events of this call, in emission order.
     pub journey_events: Vec<JourneyEvent>,
     /// Step-tracing records of this call, in emission order.
@@ -76,6 +89,8 @@ pub struct ModelOutput {
 pub struct RequestOutput {
     /// The request.
     pub request_id: RequestId,
+    /// Its handle.
+    pub handle: u64,
     /// Its client index.
     pub client_index: u32,
     /// The token appended.

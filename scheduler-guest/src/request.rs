@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::kv::hash::{extend_block_hashes, BlockHash};
+use crate::output::RequestRef;
 
 /// A request id, shared cheaply between the scheduler's tables and its outputs.
 pub type RequestId = Arc<str>;
@@ -122,6 +123,9 @@ impl RequestStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     pub(crate) id: RequestId,
+    /// Dense numeric name the scheduler gave the request at submission (1, 2, 3, ...): what the
+    /// WIT contract uses in per-step records instead of the id string.
+    pub(crate) handle: u64,
     pub(crate) client_index: u32,
     pub(crate) status: RequestStatus,
     pub(crate) priority: i32,
@@ -154,10 +158,11 @@ pub struct Request {
 impl Request {
     /// Build the record for a validated submission. `hash_block_size` is the block size when
     /// prefix caching is on (block hashes are then kept), `None` otherwise.
-    pub fn new(new: NewRequest, hash_block_size: Option<u32>) -> Self {
+    pub fn new(new: NewRequest, handle: u64, hash_block_size: Option<u32>) -> Self {
         let prompt_len = new.prompt_token_ids.len() as u32;
         let mut request = Self {
             id: Arc::from(new.id),
+            handle,
             client_index: new.client_index,
             status: RequestStatus::Waiting,
             priority: new.priority,
@@ -198,6 +203,18 @@ impl Request {
     /// The request id.
     pub fn id(&self) -> &RequestId {
         &self.id
+    }
+    /// The scheduler-assigned handle.
+    pub fn handle(&self) -> u64 {
+        self.handle
+    }
+    /// The request's id and handle.
+    pub fn reference(&self) -> RequestRef {
+        RequestRef {
+            id: self.id.clone(),
+            handle: self.handle,
+            client_index: self.client_index,
+        }
     }
     /// The client (tenant) index.
     pub fn client_index(&self) -> u32 {

@@ -49,8 +49,8 @@ use crate::error::{ConfigError, OutputError, RequestError};
 use crate::journey::{JourneyEvent, JourneyEventType, JourneyRecorder, Phase, ScheduleKind};
 use crate::kv::{ComputedBlocks, KvCacheManager};
 use crate::output::{
-    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, ResetOutcome, ScheduledKind,
-    ScheduledRequest, SchedulerOutput, SchedulerStats,
+    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, RequestRef, ResetOutcome,
+    ScheduledKind, ScheduledRequest, SchedulerOutput, SchedulerStats,
 };
 use crate::queue::{new_policy, SchedulingPolicy};
 use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
@@ -72,13 +72,15 @@ pub struct Scheduler {
     pub(crate) requests: RequestTable,
     pub(crate) waiting: Box<dyn SchedulingPolicy>,
     pub(crate) running: Vec<ReqIdx>,
-    pub(crate) finished_since_schedule: Vec<RequestId>,
-    pub(crate) preempted_since_schedule: Vec<RequestId>,
+    pub(crate) finished_since_schedule: Vec<RequestRef>,
+    pub(crate) preempted_since_schedule: Vec<RequestRef>,
     pub(crate) step: u64,
     pub(crate) in_flight: Option<InFlight>,
     pub(crate) journey: Option<JourneyRecorder>,
     pub(crate) step_tracer: Option<StepTracer>,
     pub(crate) num_preemptions_total: u64,
+    /// The handle the next submitted request gets.
+    pub(crate) next_handle: u64,
 }
 
 impl core::fmt::Debug for Scheduler {
@@ -124,6 +126,7 @@ impl Scheduler {
                 .enabled
                 .then(|| StepTracer::new(config.step_tracing)),
             num_preemptions_total: 0,
+            next_handle: 1,
             config,
         })
     }
@@ -190,8 +193,8 @@ impl Scheduler {
         self.requests.len()
     }
 
-    /// Ids finished since the last `schedule` (reported in the next output).
-    pub fn pending_finished_ids(&self) -> &[RequestId] {
+    /// Requests finished since the last `schedule` (reported in the next output).
+    pub fn pending_finished(&self) -> &[RequestRef] {
         &self.finished_since_schedule
     }
 
@@ -272,7 +275,8 @@ impl Scheduler {
         if self.requests.lookup(&new.id).is_some() {
             return Err(RequestError::DuplicateId { id: new.id });
         }
-        let request = Request::new(new, self.kv.hash_block_size());
+        let request = Request::new(new, self.next_handle, self.kv.hash_block_size());
+        self.next_handle += 1;
         let idx = self.requests.insert(request);
         self.waiting.push_back(&self.requests[idx], idx);
         let mut events = Vec::new();
@@ -358,6 +362,7 @@ impl Scheduler {
             request.scheduled_tokens = num_new_tokens;
             scheduled.push(ScheduledRequest {
                 request_id: request.id.clone(),
+                handle: request.handle,
                 kind: ScheduledKind::Running,
                 num_computed_tokens: request.num_computed_tokens,
                 num_scheduled_tokens: num_new_tokens,
@@ -386,8 +391,8 @@ impl Scheduler {
             step,
             total_num_scheduled_tokens: self.config.max_num_batched_tokens - budget,
             scheduled,
-            preempted_ids: mem::take(&mut self.preempted_since_schedule),
-            finished_ids: mem::take(&mut self.finished_since_schedule),
+            preempted: mem::take(&mut self.preempted_since_schedule),
+            finished: mem::take(&mut self.finished_since_schedule),
             journey_events,
             step_events,
         };
@@ -469,6 +474,7 @@ impl Scheduler {
             request.scheduled_tokens = num_new_tokens;
             scheduled.push(ScheduledRequest {
                 request_id: request.id.clone(),
+                handle: request.handle,
                 kind: match kind {
                     ScheduleKind::First => ScheduledKind::New,
                     ScheduleKind::Resume => ScheduledKind::Resumed,
@@ -503,7 +509,7 @@ impl Scheduler {
         request.num_preemptions += 1;
         request.scheduled_tokens = 0;
         self.num_preemptions_total += 1;
-        self.preempted_since_schedule.push(request.id.clone());
+        self.preempted_since_schedule.push(request.reference());
         events.extend(self.journey_event(idx, JourneyEventType::Preempted, now_ns, step));
         self.waiting.push_front(&self.requests[idx], idx);
     }
@@ -560,8 +566,8 @@ impl Scheduler {
             scheduled_tokens: output.total_num_scheduled_tokens,
             prefill_tokens,
             decode_tokens,
-            num_finished: output.finished_ids.len() as u32,
-            num_preempted: output.preempted_ids.len() as u32,
+            num_finished: output.finished.len() as u32,
+            num_preempted: output.preempted.len() as u32,
             kv_usage_ratio: pool.usage(),
             kv_blocks_total: pool.num_usable_blocks(),
             kv_blocks_free: pool.num_free_blocks(),
@@ -626,6 +632,7 @@ impl Scheduler {
             let finish = request.check_stop(max_model_len);
             engine.outputs.push(RequestOutput {
                 request_id: request.id.clone(),
+                handle: request.handle,
                 client_index: request.client_index,
                 token_id: token,
                 finish_status: finish,
@@ -698,7 +705,7 @@ impl Scheduler {
         }
         if let Some(mut request) = self.requests.remove(idx) {
             self.kv.free(&mut request);
-            self.finished_since_schedule.push(request.id);
+            self.finished_since_schedule.push(request.reference());
         }
     }
 

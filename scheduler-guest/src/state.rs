@@ -17,8 +17,9 @@ use crate::error::StateError;
 use crate::journey::JourneyRecorder;
 use crate::kv::{BlockHash, BlockPool, KvCacheManager, PrefixCacheStats, NULL_BLOCK};
 use crate::map::FxHashMap;
+use crate::output::RequestRef;
 use crate::queue::{new_policy, PolicySnapshot};
-use crate::request::{Request, RequestId, RequestStatus};
+use crate::request::{Request, RequestStatus};
 use crate::scheduler::{InFlight, Scheduler};
 use crate::step_trace::StepTracer;
 use crate::table::{ReqIdx, RequestTable};
@@ -37,12 +38,13 @@ struct StateV1 {
     config: SchedulerConfig,
     step: u64,
     num_preemptions_total: u64,
+    next_handle: u64,
     requests: Vec<Request>,
     running: Vec<u32>,
     /// Waiting requests in the exporting policy's admission order.
     waiting: Vec<u32>,
-    finished_since_schedule: Vec<RequestId>,
-    preempted_since_schedule: Vec<RequestId>,
+    finished_since_schedule: Vec<RequestRef>,
+    preempted_since_schedule: Vec<RequestRef>,
     in_flight: Option<InFlightState>,
     free_blocks: Vec<u32>,
     cached_blocks: Vec<(u32, BlockHash)>,
@@ -72,6 +74,7 @@ impl Scheduler {
             config: self.config,
             step: self.step,
             num_preemptions_total: self.num_preemptions_total,
+            next_handle: self.next_handle,
             requests: handles
                 .iter()
                 .map(|&idx| self.requests[idx].clone())
@@ -141,10 +144,20 @@ fn check(state: &StateV1, config: &SchedulerConfig) -> Result<Vec<u32>, StateErr
     let num_blocks = config.num_blocks as usize;
     let mut ids = FxHashMap::default();
     let mut ref_counts = alloc::vec![0u32; num_blocks];
+    let mut handles = FxHashMap::default();
     for (index, request) in state.requests.iter().enumerate() {
         if ids.insert(request.id.clone(), index).is_some() {
             return Err(inconsistent(format!(
                 "request {:?} appears twice",
+                request.id
+            )));
+        }
+        if request.handle == 0
+            || request.handle >= state.next_handle
+            || handles.insert(request.handle, index).is_some()
+        {
+            return Err(inconsistent(format!(
+                "request {:?}: bad handle",
                 request.id
             )));
         }
@@ -357,6 +370,7 @@ fn build(
                 None => StepTracer::new(config.step_tracing),
             }),
         num_preemptions_total: state.num_preemptions_total,
+        next_handle: state.next_handle,
         requests,
     })
 }

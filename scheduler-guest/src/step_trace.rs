@@ -205,7 +205,6 @@ impl RequestSnapshot {
 
 /// A step-tracing record, returned by `schedule` (and `shutdown`) in emission order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum StepEvent {
     /// Open span `scheduler_steps_<sequence>` (attributes `scheduler.span_sequence`,
     /// `scheduler.step_range_start`, `scheduler.closure_interval`).

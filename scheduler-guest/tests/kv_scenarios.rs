@@ -16,7 +16,7 @@ fn manager(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
 }
 
 fn request(id: &str, tokens: Vec<u32>, manager: &KvCacheManager) -> Request {
-    Request::new(NewRequest::new(id, tokens), manager.hash_block_size())
+    Request::new(NewRequest::new(id, tokens), 1, manager.hash_block_size())
 }
 
 /// Prefix-cache lookup plus allocation for the whole prompt, as a first admission does.
@@ -208,6 +208,7 @@ fn p10_cache_salt_separates_otherwise_identical_prompts() {
                 cache_salt: Some(salt.into()),
                 ..NewRequest::new(id, prompt.clone())
             },
+            1,
             m.hash_block_size(),
         )
     };

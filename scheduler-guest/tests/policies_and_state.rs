@@ -80,7 +80,7 @@ fn fair_policy_preempts_the_tenant_with_the_most_service() {
     let mut preempted = Vec::new();
     for _ in 0..20 {
         let (output, _) = step(&mut s, 1);
-        preempted.extend(strings(&output.preempted_ids));
+        preempted.extend(refs(&output.preempted));
         if !preempted.is_empty() {
             break;
         }

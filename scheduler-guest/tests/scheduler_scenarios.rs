@@ -80,7 +80,7 @@ fn s4_one_step_schedules_every_small_request_as_new_in_arrival_order() {
         let output = s.schedule(1);
         assert_eq!(ids_of_kind(&output, ScheduledKind::New).len(), 10);
         assert!(ids_of_kind(&output, ScheduledKind::Running).is_empty());
-        assert!(output.finished_ids.is_empty());
+        assert!(output.finished.is_empty());
         assert!(output
             .scheduled
             .iter()
@@ -183,7 +183,7 @@ fn s8_eos_stops_a_request_and_others_keep_running() {
     let mut d = Driver::start(harness_config(), requests(2, 10, 16));
     let engine = d.feed(&[("0", EOS), ("1", 10)]);
     assert_eq!(engine.outputs[0].finish_status, Some(FinishStatus::Stopped));
-    assert_eq!(strings(&d.pending.finished_ids), ["0"]);
+    assert_eq!(refs(&d.pending.finished), ["0"]);
     assert_eq!(strings(&d.s.running_ids()), ["1"]);
     let _ = d.feed(&[("1", 11)]);
     assert_eq!(d.s.request("1").unwrap().output_token_ids(), [10, 11]);
@@ -301,7 +301,7 @@ fn s15_last_running_request_is_preempted_and_a_late_token_is_still_appended() {
     assert_eq!(tokens_of(&first, "0"), Some(80));
     assert_eq!(tokens_of(&first, "1"), Some(20));
     let second = s.schedule(10);
-    assert_eq!(strings(&second.preempted_ids), ["1"]);
+    assert_eq!(refs(&second.preempted), ["1"]);
     assert_eq!(strings(&s.running_ids()), ["0"]);
     assert_eq!(s.request("1").unwrap().status(), RequestStatus::Preempted);
     assert!(s.request("1").unwrap().block_ids().is_empty());
@@ -351,12 +351,12 @@ fn s20_no_state_is_left_after_every_request_finishes() {
     }
     let last = s.schedule(1_000_000);
     assert_eq!(
-        last.finished_ids.len(),
+        last.finished.len(),
         1,
         "the final finish is reported by one more step"
     );
     assert!(s.requests().is_empty());
-    assert!(s.pending_finished_ids().is_empty());
+    assert!(s.pending_finished().is_empty());
     let pool = s.kv().pool();
     assert_eq!(pool.num_free_blocks(), pool.num_usable_blocks());
     assert!((1..pool.num_blocks()).all(|b| pool.ref_count(b) == 0));
@@ -420,7 +420,7 @@ fn s24_priority_preempts_the_low_priority_request_when_blocks_run_out() {
     assert_eq!(s.request("lo1").unwrap().block_ids().len(), 3);
     assert_eq!(s.kv().pool().num_free_blocks(), 0);
     let (out, _) = step(&mut s, 1);
-    assert_eq!(strings(&out.preempted_ids), ["lo1"]);
+    assert_eq!(refs(&out.preempted), ["lo1"]);
     assert_eq!(s.request("lo1").unwrap().status(), RequestStatus::Preempted);
     assert_eq!(strings(&s.running_ids()), ["hi1"]);
     assert_eq!(ids_of_kind(&out, ScheduledKind::Running), ["hi1"]);
@@ -435,7 +435,7 @@ fn s25_priority_does_not_preempt_when_there_is_room() {
     s.add_request(named("c", 0, 2, 30), 0).unwrap();
     let (out, _) = step(&mut s, 1);
     assert_eq!(ids_of_kind(&out, ScheduledKind::New), ["c"]);
-    assert!(out.preempted_ids.is_empty());
+    assert!(out.preempted.is_empty());
     assert_eq!((s.num_running(), s.num_waiting()), (3, 0));
 }
 
@@ -518,7 +518,7 @@ fn s31_preempted_request_resumes_with_its_generated_tokens() {
     assert_eq!(ids_of_kind(&admit, ScheduledKind::Running), ["low"]);
     assert_eq!(s.kv().pool().num_free_blocks(), 0);
     let (out, _) = step(&mut s, 100);
-    assert_eq!(strings(&out.preempted_ids), ["low"]);
+    assert_eq!(refs(&out.preempted), ["low"]);
     assert_eq!(ids_of_kind(&out, ScheduledKind::Running), ["high"]);
     assert_eq!((s.num_waiting(), s.num_running()), (1, 1));
     let _ = s.finish_requests(["high"], FinishStatus::Aborted, 0);

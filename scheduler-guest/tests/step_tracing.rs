@@ -57,7 +57,6 @@ fn collect(events: &[StepEvent], seen: &mut Seen) {
                 seen.closed
                     .push((*sequence, *step_range_start, *step_range_end));
             }
-            _ => unreachable!("no other step events exist"),
         }
     }
 }

@@ -89,3 +89,7 @@ pub fn tokens_of(output: &SchedulerOutput, id: &str) -> Option<u32> {
 pub fn strings(ids: &[waypoint_scheduler::RequestId]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
+
+pub fn refs(refs: &[waypoint_scheduler::RequestRef]) -> Vec<String> {
+    refs.iter().map(|r| r.id.to_string()).collect()
+}

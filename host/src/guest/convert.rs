@@ -1,0 +1,410 @@
+//! Field-for-field conversions between the WIT records and the scheduler crate's types, so the
+//! rest of the host sees one set of types whatever backend runs.
+
+use waypoint_scheduler::output::{
+    EngineOutputs, FinishOutcome, RequestOutput, RequestRef, ResetOutcome, ScheduledRequest,
+    SchedulerOutput,
+};
+use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
+use waypoint_scheduler::{
+    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
+    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
+    StateError,
+};
+
+use super::wit;
+use crate::backend::GuestFault;
+
+pub(super) fn config(config: &SchedulerConfig) -> wit::SchedulerConfig {
+    let tracing = config.step_tracing;
+    wit::SchedulerConfig {
+        max_num_seqs: config.max_num_seqs,
+        max_num_batched_tokens: config.max_num_batched_tokens,
+        max_model_len: config.max_model_len,
+        block_size: config.block_size,
+        num_blocks: config.num_blocks,
+        enable_prefix_caching: config.enable_prefix_caching,
+        enable_chunked_prefill: config.enable_chunked_prefill,
+        long_prefill_token_threshold: config.long_prefill_token_threshold,
+        reserve_full_prompt: config.reserve_full_prompt,
+        journey: wit::JourneyConfig {
+            enabled: config.journey.enabled,
+        },
+        step_tracing: wit::StepTracingConfig {
+            enabled: tracing.enabled,
+            sample_rate: tracing.sample_rate,
+            rich_subsample_rate: tracing.rich_subsample_rate,
+            closure_interval: tracing.closure_interval,
+            seed: tracing.seed,
+        },
+    }
+}
+
+pub(super) fn new_request(request: NewRequest) -> wit::NewRequest {
+    wit::NewRequest {
+        id: request.id,
+        client_index: request.client_index,
+        prompt_token_ids: request.prompt_token_ids,
+        max_tokens: request.max_tokens,
+        min_tokens: request.min_tokens,
+        eos_token_id: request.eos_token_id,
+        stop_token_ids: request.stop_token_ids,
+        priority: request.priority,
+        arrival_ns: request.arrival_ns,
+        journey_sampled: request.journey_sampled,
+        cache_salt: request.cache_salt,
+    }
+}
+
+pub(super) fn finish_status_out(status: FinishStatus) -> wit::FinishStatus {
+    match status {
+        FinishStatus::Stopped => wit::FinishStatus::Stopped,
+        FinishStatus::LengthCapped => wit::FinishStatus::LengthCapped,
+        FinishStatus::Aborted => wit::FinishStatus::Aborted,
+        FinishStatus::Ignored => wit::FinishStatus::Ignored,
+        FinishStatus::Error => wit::FinishStatus::Error,
+    }
+}
+
+fn finish_status(status: wit::FinishStatus) -> FinishStatus {
+    match status {
+        wit::FinishStatus::Stopped => FinishStatus::Stopped,
+        wit::FinishStatus::LengthCapped => FinishStatus::LengthCapped,
+        wit::FinishStatus::Aborted => FinishStatus::Aborted,
+        wit::FinishStatus::Ignored => FinishStatus::Ignored,
+        wit::FinishStatus::Error => FinishStatus::Error,
+    }
+}
+
+fn id(id: String) -> RequestId {
+    RequestId::from(id)
+}
+
+fn ids(ids: Vec<String>) -> Vec<RequestId> {
+    ids.into_iter().map(id).collect()
+}
+
+fn phase(phase: wit::Phase) -> Phase {
+    match phase {
+        wit::Phase::Waiting => Phase::Waiting,
+        wit::Phase::Prefill => Phase::Prefill,
+        wit::Phase::Decode => Phase::Decode,
+    }
+}
+
+fn journey_event(event: wit::JourneyEvent) -> JourneyEvent {
+    JourneyEvent {
+        request_id: id(event.request_id),
+        event_type: match event.event_type {
+            wit::JourneyEventType::Queued => JourneyEventType::Queued,
+            wit::JourneyEventType::Scheduled => JourneyEventType::Scheduled,
+            wit::JourneyEventType::FirstToken => JourneyEventType::FirstToken,
+            wit::JourneyEventType::Preempted => JourneyEventType::Preempted,
+            wit::JourneyEventType::Finished => JourneyEventType::Finished,
+        },
+        ts_monotonic_ns: event.ts_monotonic_ns,
+        scheduler_step: event.scheduler_step,
+        prefill_done_tokens: event.prefill_done_tokens,
+        prefill_total_tokens: event.prefill_total_tokens,
+        decode_done_tokens: event.decode_done_tokens,
+        decode_max_tokens: event.decode_max_tokens,
+        phase: phase(event.phase),
+        num_preemptions_so_far: event.num_preemptions_so_far,
+        schedule_kind: event.schedule_kind.map(|kind| match kind {
+            wit::ScheduleKind::First => ScheduleKind::First,
+            wit::ScheduleKind::Resume => ScheduleKind::Resume,
+        }),
+        finish_status: event.finish_status.map(finish_status),
+        client_index: event.client_index,
+    }
+}
+
+pub(super) fn journey_events(events: Vec<wit::JourneyEvent>) -> Vec<JourneyEvent> {
+    events.into_iter().map(journey_event).collect()
+}
+
+pub(super) fn step_event(event: wit::StepEvent) -> StepEvent {
+    match event {
+        wit::StepEvent::WindowOpened(w) => StepEvent::WindowOpened {
+            sequence: w.sequence,
+            step_range_start: w.step_range_start,
+            closure_interval: w.closure_interval,
+        },
+        wit::StepEvent::BatchSummary(s) => StepEvent::BatchSummary(BatchSummary {
+            step_id: s.step_id,
+            ts_start_ns: s.ts_start_ns,
+            running_depth: s.running_depth,
+            waiting_depth: s.waiting_depth,
+            num_prefill_reqs: s.num_prefill_reqs,
+            num_decode_reqs: s.num_decode_reqs,
+            scheduled_tokens: s.scheduled_tokens,
+            prefill_tokens: s.prefill_tokens,
+            decode_tokens: s.decode_tokens,
+            num_finished: s.num_finished,
+            num_preempted: s.num_preempted,
+            kv_usage_ratio: s.kv_usage_ratio,
+            kv_blocks_total: s.kv_blocks_total,
+            kv_blocks_free: s.kv_blocks_free,
+        }),
+        wit::StepEvent::RequestSnapshot(r) => StepEvent::RequestSnapshot(RequestSnapshot {
+            step_id: r.step_id,
+            request_id: id(r.request_id),
+            phase: phase(r.phase),
+            num_prompt_tokens: r.num_prompt_tokens,
+            num_computed_tokens: r.num_computed_tokens,
+            num_output_tokens: r.num_output_tokens,
+            num_preemptions: r.num_preemptions,
+            scheduled_tokens_this_step: r.scheduled_tokens_this_step,
+            kv_blocks_allocated: r.kv_blocks_allocated,
+            kv_blocks_cached: r.kv_blocks_cached,
+            effective_prompt_len: r.effective_prompt_len,
+        }),
+        wit::StepEvent::WindowClosed(w) => StepEvent::WindowClosed {
+            sequence: w.sequence,
+            step_range_start: w.step_range_start,
+            step_range_end: w.step_range_end,
+        },
+    }
+}
+
+/// What the host knows of a live request in a guest: its id and client.
+#[derive(Clone, Debug)]
+pub(super) struct Live {
+    pub(super) id: RequestId,
+    pub(super) client_index: u32,
+}
+
+/// Live requests by handle (looked up for every scheduled request of every step).
+pub(super) type LiveRequests = rustc_hash::FxHashMap<u64, Live>;
+
+fn live(requests: &LiveRequests, handle: u64) -> Result<&Live, GuestFault> {
+    requests.get(&handle).ok_or_else(|| {
+        GuestFault::Contract(format!(
+            "the guest named request handle {handle}, which it never returned"
+        ))
+    })
+}
+
+fn reference(requests: &LiveRequests, handle: u64) -> Result<RequestRef, GuestFault> {
+    let live = live(requests, handle)?;
+    Ok(RequestRef {
+        id: live.id.clone(),
+        handle,
+        client_index: live.client_index,
+    })
+}
+
+/// Rebuild the per-request records from the batch's parallel lists.
+pub(super) fn scheduler_output(
+    output: wit::SchedulerOutput,
+    requests: &LiveRequests,
+) -> Result<SchedulerOutput, GuestFault> {
+    let batch = output.batch;
+    let count = batch.handles.len();
+    if [
+        batch.num_computed_tokens.len(),
+        batch.num_scheduled_tokens.len(),
+        batch.sample.len(),
+    ]
+    .iter()
+    .any(|&len| len != count)
+    {
+        return Err(GuestFault::Contract(
+            "the batch's parallel lists differ in length".into(),
+        ));
+    }
+    let mut scheduled = Vec::with_capacity(count);
+    for index in 0..count {
+        let handle = batch.handles[index];
+        scheduled.push(ScheduledRequest {
+            request_id: live(requests, handle)?.id.clone(),
+            handle,
+            kind: ScheduledKind::Running,
+            num_computed_tokens: batch.num_computed_tokens[index],
+            num_scheduled_tokens: batch.num_scheduled_tokens[index],
+            block_ids: Vec::new(),
+            token_ids: Vec::new(),
+            sample: batch.sample[index],
+        });
+    }
+    for detail in batch.details {
+        let entry = scheduled.get_mut(detail.index as usize).ok_or_else(|| {
+            GuestFault::Contract(format!(
+                "batch detail for entry {} of {count}",
+                detail.index
+            ))
+        })?;
+        entry.kind = match detail.kind {
+            wit::ScheduledKind::New => ScheduledKind::New,
+            wit::ScheduledKind::Resumed => ScheduledKind::Resumed,
+            wit::ScheduledKind::Running => ScheduledKind::Running,
+        };
+        entry.block_ids = detail.block_ids;
+        entry.token_ids = detail.token_ids;
+    }
+    Ok(SchedulerOutput {
+        step: output.step,
+        scheduled,
+        total_num_scheduled_tokens: output.total_num_scheduled_tokens,
+        preempted: output
+            .preempted
+            .into_iter()
+            .map(|handle| reference(requests, handle))
+            .collect::<Result<_, _>>()?,
+        finished: output
+            .finished
+            .into_iter()
+            .map(|handle| reference(requests, handle))
+            .collect::<Result<_, _>>()?,
+        journey_events: journey_events(output.journey_events),
+        step_events: output.step_events.into_iter().map(step_event).collect(),
+    })
+}
+
+/// Rebuild the per-request outputs from the parallel lists.
+pub(super) fn engine_outputs(
+    outputs: wit::EngineOutputs,
+    requests: &LiveRequests,
+) -> Result<EngineOutputs, GuestFault> {
+    if outputs.handles.len() != outputs.token_ids.len() {
+        return Err(GuestFault::Contract(
+            "output handles and tokens differ in length".into(),
+        ));
+    }
+    let mut converted = Vec::with_capacity(outputs.handles.len());
+    for (&handle, &token_id) in outputs.handles.iter().zip(&outputs.token_ids) {
+        let live = live(requests, handle)?;
+        converted.push(RequestOutput {
+            request_id: live.id.clone(),
+            handle,
+            client_index: live.client_index,
+            token_id,
+            finish_status: None,
+            stop_reason: None,
+        });
+    }
+    for finish in outputs.finishes {
+        let output = converted
+            .get_mut(finish.index as usize)
+            .ok_or_else(|| GuestFault::Contract(format!("finish for output {}", finish.index)))?;
+        output.finish_status = Some(finish_status(finish.status));
+        output.stop_reason = finish.stop_reason;
+    }
+    Ok(EngineOutputs {
+        step: outputs.step,
+        outputs: converted,
+        journey_events: journey_events(outputs.journey_events),
+    })
+}
+
+pub(super) fn finish_outcome(outcome: wit::FinishOutcome) -> FinishOutcome {
+    FinishOutcome {
+        finished_ids: ids(outcome.finished_ids),
+        journey_events: journey_events(outcome.journey_events),
+    }
+}
+
+pub(super) fn reset_outcome(outcome: wit::ResetOutcome) -> ResetOutcome {
+    ResetOutcome {
+        reset: outcome.reset,
+        preempted_ids: ids(outcome.preempted_ids),
+        journey_events: journey_events(outcome.journey_events),
+    }
+}
+
+pub(super) fn stats(stats: wit::SchedulerStats) -> SchedulerStats {
+    let cache = stats.prefix_cache;
+    SchedulerStats {
+        step: stats.step,
+        num_running: stats.num_running,
+        num_waiting: stats.num_waiting,
+        kv_cache_usage: stats.kv_cache_usage,
+        num_free_blocks: stats.num_free_blocks,
+        num_usable_blocks: stats.num_usable_blocks,
+        prefix_cache: waypoint_scheduler::kv::PrefixCacheStats {
+            requests: cache.requests,
+            queries: cache.queries,
+            hits: cache.hits,
+            preempted_requests: cache.preempted_requests,
+            preempted_queries: cache.preempted_queries,
+            preempted_hits: cache.preempted_hits,
+            resets: cache.resets,
+        },
+        num_preemptions_total: stats.num_preemptions_total,
+    }
+}
+
+pub(super) fn config_error(error: wit::ConfigError) -> ConfigError {
+    use wit::ConfigError as W;
+    match error {
+        W::ZeroBlockSize => ConfigError::ZeroBlockSize,
+        W::TooFewBlocks(num_blocks) => ConfigError::TooFewBlocks { num_blocks },
+        W::ZeroMaxNumSeqs => ConfigError::ZeroMaxNumSeqs,
+        W::ZeroMaxModelLen => ConfigError::ZeroMaxModelLen,
+        W::BudgetBelowBlockSize(l) => ConfigError::BudgetBelowBlockSize {
+            max_num_batched_tokens: l.budget,
+            block_size: l.limit,
+        },
+        W::BudgetBelowMaxNumSeqs(l) => ConfigError::BudgetBelowMaxNumSeqs {
+            max_num_batched_tokens: l.budget,
+            max_num_seqs: l.limit,
+        },
+        W::BudgetBelowModelLenUnchunked(l) => ConfigError::BudgetBelowModelLenUnchunked {
+            max_num_batched_tokens: l.budget,
+            max_model_len: l.limit,
+        },
+        W::KvCacheTooSmall(k) => ConfigError::KvCacheTooSmall {
+            capacity_tokens: k.capacity_tokens,
+            usable_blocks: k.usable_blocks,
+            block_size: k.block_size,
+            max_model_len: k.max_model_len,
+        },
+        W::ThresholdAboveModelLen(l) => ConfigError::ThresholdAboveModelLen {
+            threshold: l.budget,
+            max_model_len: l.limit,
+        },
+        W::SampleRateOutOfRange(rate) => ConfigError::SampleRateOutOfRange(rate),
+        W::RichSubsampleRateOutOfRange(rate) => ConfigError::RichSubsampleRateOutOfRange(rate),
+        W::ClosureIntervalOutOfRange(interval) => ConfigError::ClosureIntervalOutOfRange(interval),
+    }
+}
+
+pub(super) fn request_error(error: wit::RequestError) -> RequestError {
+    use wit::RequestError as W;
+    match error {
+        W::DuplicateId(id) => RequestError::DuplicateId { id },
+        W::EmptyPrompt(id) => RequestError::EmptyPrompt { id },
+        W::PromptTooLong(e) => RequestError::PromptTooLong {
+            id: e.id,
+            prompt_len: e.prompt_len,
+            max_model_len: e.max_model_len,
+        },
+        W::ZeroMaxTokens(id) => RequestError::ZeroMaxTokens { id },
+        W::MinTokensAboveMaxTokens(e) => RequestError::MinTokensAboveMaxTokens {
+            id: e.id,
+            min_tokens: e.min_tokens,
+            max_tokens: e.max_tokens,
+        },
+    }
+}
+
+pub(super) fn output_error(error: wit::OutputError) -> OutputError {
+    match error {
+        wit::OutputError::NoStepInFlight => OutputError::NoStepInFlight,
+        wit::OutputError::LengthMismatch(e) => OutputError::LengthMismatch {
+            expected: e.expected as usize,
+            got: e.got as usize,
+        },
+        wit::OutputError::TokenDuringPrefill(id) => OutputError::TokenDuringPrefill { id },
+    }
+}
+
+pub(super) fn state_error(error: wit::StateError) -> StateError {
+    match error {
+        wit::StateError::NotAState => StateError::NotAState,
+        wit::StateError::UnsupportedVersion(version) => StateError::UnsupportedVersion(version),
+        wit::StateError::Malformed(message) => StateError::Malformed(message),
+        wit::StateError::Inconsistent(message) => StateError::Inconsistent(message),
+        wit::StateError::Config(error) => StateError::Config(config_error(error)),
+    }
+}

@@ -1,0 +1,487 @@
+//! Policy components under wasmtime: compile once, instantiate per scheduler, sandbox every
+//! call, and recover from a faulty guest by reloading it.
+//!
+//! The sandbox: the linker grants no imports (a component that needs one fails to load), each
+//! store's memory is capped by a resource limiter, and every call runs under an epoch deadline
+//! ticked by one background thread. A trap, a timeout or a denied memory grow becomes a
+//! [`GuestFault`]; the instance is then unusable until [`SchedulerBackend::reload`] builds a
+//! fresh one from the compiled component.
+
+mod convert;
+
+use convert::{Live, LiveRequests};
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
+use waypoint_scheduler::{
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, SchedulerConfig, SchedulerStats, StepEvent,
+};
+
+use crate::backend::{BackendError, GuestFault, PolicyDescription, SchedulerBackend};
+
+wasmtime::component::bindgen!({
+    world: "policy",
+    path: "../wit",
+});
+
+use exports::waypoint::scheduler::types as wit;
+
+/// Sandbox limits for every scheduler instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Most linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// Most CPU time one call may take (rounded up to whole epoch ticks).
+    pub call_timeout: Duration,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            call_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// One epoch tick.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Advances the engine's epoch every [`TICK`]; stops and joins on drop.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("waypoint-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Per-store data: the memory limiter, which remembers whether it denied a grow.
+struct StoreState {
+    memory_limit: usize,
+    denied_grow: bool,
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_limit;
+        self.denied_grow |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The wasmtime engine all policy components run on.
+#[derive(Clone)]
+pub struct GuestRuntime {
+    engine: Engine,
+    linker: Arc<Linker<StoreState>>,
+    limits: GuestLimits,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl GuestRuntime {
+    /// An engine with epoch interruption and the given limits.
+    pub fn new(limits: GuestLimits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow::anyhow!("starting wasmtime: {e:?}"))?;
+        Ok(Self {
+            linker: Arc::new(Linker::new(&engine)),
+            _ticker: Arc::new(EpochTicker::start(engine.clone())),
+            engine,
+            limits,
+        })
+    }
+
+    /// Compile a policy component and check it against the contract.
+    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<PolicyModule, BackendError> {
+        let incompatible =
+            |error: wasmtime::Error| GuestFault::Incompatible(format!("{origin}: {error:?}"));
+        let component = Component::new(&self.engine, bytes).map_err(incompatible)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PolicyPre::new)
+            .map_err(incompatible)?;
+        let module = PolicyModule {
+            runtime: self.clone(),
+            pre,
+            description: PolicyDescription {
+                name: String::new(),
+                version: String::new(),
+                origin: origin.into(),
+            },
+        };
+        let (mut store, bindings) = module.instantiate()?;
+        let info = call(&mut store, self.limits, |store| {
+            bindings
+                .waypoint_scheduler_scheduler()
+                .call_describe_policy(store)
+        })?;
+        Ok(PolicyModule {
+            description: PolicyDescription {
+                name: info.name,
+                version: info.version,
+                origin: origin.into(),
+            },
+            ..module
+        })
+    }
+
+    /// Compile a policy component from a file.
+    pub fn load_file(&self, path: &Path) -> anyhow::Result<PolicyModule> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading policy component {}: {e}", path.display()))?;
+        Ok(self.load(&bytes, &path.display().to_string())?)
+    }
+}
+
+/// A compiled policy component, ready to instantiate schedulers.
+#[derive(Clone)]
+pub struct PolicyModule {
+    runtime: GuestRuntime,
+    pre: PolicyPre<StoreState>,
+    description: PolicyDescription,
+}
+
+impl PolicyModule {
+    /// The policy's name, version and origin.
+    pub fn description(&self) -> &PolicyDescription {
+        &self.description
+    }
+
+    fn instantiate(&self) -> Result<(Store<StoreState>, Policy), BackendError> {
+        let limits = self.runtime.limits;
+        let mut store = Store::new(
+            &self.runtime.engine,
+            StoreState {
+                memory_limit: limits.memory_bytes,
+                denied_grow: false,
+            },
+        );
+        store.limiter(|state| state);
+        store.set_epoch_deadline(ticks(limits.call_timeout));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|error| fault(&store, limits, error))?;
+        Ok((store, bindings))
+    }
+
+    /// A scheduler in a fresh instance of this component.
+    pub fn create(&self, config: SchedulerConfig) -> Result<GuestBackend, BackendError> {
+        let (store, bindings) = self.instantiate()?;
+        let mut backend = GuestBackend {
+            module: self.clone(),
+            store,
+            bindings,
+            scheduler: None,
+            config,
+            requests: LiveRequests::default(),
+        };
+        backend.reload()?;
+        Ok(backend)
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros().div_ceil(TICK.as_micros())).max(1) as u64
+}
+
+/// Turn a failed call into a fault, telling a timeout and a denied grow from other traps.
+fn fault(store: &Store<StoreState>, limits: GuestLimits, error: wasmtime::Error) -> BackendError {
+    let fault = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => GuestFault::Timeout {
+            limit_ms: limits.call_timeout.as_millis() as u64,
+        },
+        _ if store.data().denied_grow => GuestFault::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+        },
+        Some(trap) => GuestFault::Trap(describe_trap(*trap, &error)),
+        None => GuestFault::Trap(format!("{error:#}")),
+    };
+    BackendError::Guest(fault)
+}
+
+/// `<trap> in <export>`: the trap and the guest export it happened under.
+fn describe_trap(trap: Trap, error: &wasmtime::Error) -> String {
+    let export = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|backtrace| backtrace.frames().last()?.func_name().map(str::to_owned));
+    match export {
+        Some(export) => format!("{trap} in {export}"),
+        None => trap.to_string(),
+    }
+}
+
+/// Run one call under a fresh deadline.
+fn call<T>(
+    store: &mut Store<StoreState>,
+    limits: GuestLimits,
+    f: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<T>,
+) -> Result<T, BackendError> {
+    store.set_epoch_deadline(ticks(limits.call_timeout));
+    store.data_mut().denied_grow = false;
+    f(store).map_err(|error| fault(store, limits, error))
+}
+
+/// A scheduler living in a policy component instance.
+pub struct GuestBackend {
+    module: PolicyModule,
+    store: Store<StoreState>,
+    bindings: Policy,
+    /// `None` after a fault: every call fails until `reload`.
+    scheduler: Option<ResourceAny>,
+    config: SchedulerConfig,
+    /// Live requests by the handle the guest gave them.
+    requests: LiveRequests,
+}
+
+impl GuestBackend {
+    /// Call the scheduler resource; a fault poisons the instance.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&Policy, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<T>,
+    ) -> Result<T, BackendError> {
+        let scheduler = self.scheduler.ok_or(GuestFault::Unavailable)?;
+        let limits = self.module.runtime.limits;
+        let bindings = &self.bindings;
+        let result = call(&mut self.store, limits, |store| {
+            f(bindings, store, scheduler)
+        });
+        if matches!(result, Err(BackendError::Guest(_))) {
+            self.scheduler = None;
+        }
+        result
+    }
+
+    /// A contract breach poisons the instance like a trap does.
+    fn checked<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, BackendError> {
+        if result.is_err() {
+            self.scheduler = None;
+        }
+        Ok(result?)
+    }
+
+    /// Learn every live request's handle from the guest (after an import).
+    fn refresh_live_requests(&mut self) -> Result<(), BackendError> {
+        let refs = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_live_requests(store, s, 0)
+        })?;
+        self.requests = refs
+            .into_iter()
+            .map(|r| {
+                let live = Live {
+                    id: r.request_id.into(),
+                    client_index: r.client_index,
+                };
+                (r.handle, live)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Install a new scheduler resource in a fresh instance (the old instance is dropped).
+    fn replace(
+        &mut self,
+        make: impl FnOnce(
+            &Policy,
+            &mut Store<StoreState>,
+        ) -> wasmtime::Result<Result<ResourceAny, BackendError>>,
+    ) -> Result<(), BackendError> {
+        self.scheduler = None;
+        let (mut store, bindings) = self.module.instantiate()?;
+        let limits = self.module.runtime.limits;
+        let scheduler = call(&mut store, limits, |store| make(&bindings, store))??;
+        self.store = store;
+        self.bindings = bindings;
+        self.scheduler = Some(scheduler);
+        Ok(())
+    }
+}
+
+impl SchedulerBackend for GuestBackend {
+    fn policy(&self) -> &PolicyDescription {
+        self.module.description()
+    }
+
+    fn add_request(
+        &mut self,
+        request: NewRequest,
+        now_ns: u64,
+    ) -> Result<Vec<JourneyEvent>, BackendError> {
+        let live = Live {
+            id: request.id.as_str().into(),
+            client_index: request.client_index,
+        };
+        let request = convert::new_request(request);
+        let added = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_add_request(store, s, &request, now_ns)
+        })?;
+        let added = added.map_err(convert::request_error)?;
+        self.requests.insert(added.handle, live);
+        Ok(convert::journey_events(added.journey_events))
+    }
+
+    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
+        let output = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_schedule(store, s, now_ns)
+        })?;
+        let converted = convert::scheduler_output(output, &self.requests);
+        let output = self.checked(converted)?;
+        for finished in &output.finished {
+            self.requests.remove(&finished.handle);
+        }
+        Ok(output)
+    }
+
+    fn update_from_output(
+        &mut self,
+        output: &ModelOutput,
+        now_ns: u64,
+    ) -> Result<EngineOutputs, BackendError> {
+        let output = wit::ModelOutput {
+            sampled_token_ids: output.sampled_token_ids.clone(),
+        };
+        let result = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_update_from_output(store, s, &output, now_ns)
+        })?;
+        let outputs = result.map_err(convert::output_error)?;
+        let converted = convert::engine_outputs(outputs, &self.requests);
+        self.checked(converted)
+    }
+
+    fn finish_requests(
+        &mut self,
+        ids: &[String],
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> Result<FinishOutcome, BackendError> {
+        let status = convert::finish_status_out(status);
+        let outcome = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_finish_requests(store, s, ids, status, now_ns)
+        })?;
+        Ok(convert::finish_outcome(outcome))
+    }
+
+    fn reset_prefix_cache(
+        &mut self,
+        reset_running_requests: bool,
+        now_ns: u64,
+    ) -> Result<ResetOutcome, BackendError> {
+        let outcome = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_reset_prefix_cache(store, s, reset_running_requests, now_ns)
+        })?;
+        Ok(convert::reset_outcome(outcome))
+    }
+
+    fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
+        let events = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_shutdown(store, s, now_ns)
+        })?;
+        Ok(events.into_iter().map(convert::step_event).collect())
+    }
+
+    fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
+        let stats = self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_stats(store, s, now_ns)
+        })?;
+        Ok(convert::stats(stats))
+    }
+
+    fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {
+        self.with(|b, store, s| {
+            b.waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_export_state(store, s, now_ns)
+        })
+    }
+
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
+        self.replace(|b, store| {
+            let result = b
+                .waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_import_state(store, state, now_ns)?;
+            Ok(result.map_err(|e| convert::state_error(e).into()))
+        })?;
+        self.refresh_live_requests()
+    }
+
+    fn reload(&mut self) -> Result<(), BackendError> {
+        let config = convert::config(&self.config);
+        self.requests.clear();
+        self.replace(|b, store| {
+            let result = b
+                .waypoint_scheduler_scheduler()
+                .scheduler()
+                .call_create(store, config)?;
+            Ok(result.map_err(|e| convert::config_error(e).into()))
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Build tasks that cargo alone cannot express: guest components for wasm32.
+//!
+//! `cargo xtask components` builds the built-in policy components (`fcfs`, `priority`, `fair`)
+//! into `components/`; `cargo xtask hostile` builds the hostile test components into
+//! `components/hostile/`; `cargo xtask build` builds the components and then the release
+//! `waypoint` binary, which embeds them. Each is a `wasm32-unknown-unknown` core module made a component with
+//! `wit-component`. With `WAYPOINT_WASM_SYSROOT` set (no rustup target available), the guest is
+//! built with that sysroot and `RUSTC_BOOTSTRAP=1` in a target folder of its own; nothing else
+//! is built that way.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::{env, fs};
+
+use anyhow::{bail, Context, Result};
+
+const TARGET: &str = "wasm32-unknown-unknown";
+
+/// One component: the crate and features to build and the file to write.
+struct Guest {
+    package: &'static str,
+    feature: &'static str,
+    output: &'static str,
+}
+
+const POLICIES: [Guest; 3] = [
+    Guest {
+        package: "waypoint-policy",
+        feature: "fcfs",
+        output: "fcfs.wasm",
+    },
+    Guest {
+        package: "waypoint-policy",
+        feature: "priority",
+        output: "priority.wasm",
+    },
+    Guest {
+        package: "waypoint-policy",
+        feature: "fair",
+        output: "fair.wasm",
+    },
+];
+
+const HOSTILE: [Guest; 3] = [
+    Guest {
+        package: "waypoint-hostile-guest",
+        feature: "trap",
+        output: "hostile/trap.wasm",
+    },
+    Guest {
+        package: "waypoint-hostile-guest",
+        feature: "spin",
+        output: "hostile/spin.wasm",
+    },
+    Guest {
+        package: "waypoint-hostile-guest",
+        feature: "grow",
+        output: "hostile/grow.wasm",
+    },
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// Build one guest's core module and return its path.
+fn build_core_module(root: &Path, guest: &Guest) -> Result<PathBuf> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut target = target_dir(root);
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args([
+        "build",
+        "--profile",
+        "guest",
+        "--package",
+        guest.package,
+        "--target",
+        TARGET,
+        "--no-default-features",
+        "--features",
+        guest.feature,
+    ]);
+    if let Some(sysroot) = env::var_os("WAYPOINT_WASM_SYSROOT") {
+        let sysroot = sysroot.to_string_lossy().into_owned();
+        target = target.join("wasm-sysroot");
+        command.env("RUSTC_BOOTSTRAP", "1").env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+            format!("--sysroot {sysroot} -Zunstable-options -Cpanic=immediate-abort"),
+        );
+    }
+    command.env("CARGO_TARGET_DIR", &target);
+    let status = command.status().context("running cargo")?;
+    if !status.success() {
+        bail!(
+            "building {} with feature {} failed",
+            guest.package,
+            guest.feature
+        );
+    }
+    let file = guest.package.replace('-', "_") + ".wasm";
+    Ok(target.join(TARGET).join("guest").join(file))
+}
+
+fn componentize(core_module: &Path, output: &Path) -> Result<()> {
+    let module =
+        fs::read(core_module).with_context(|| format!("reading {}", core_module.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("componentizing {}", core_module.display()))?;
+    if let Some(dir) = output.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(output, component).with_context(|| format!("writing {}", output.display()))
+}
+
+fn build(guests: &[Guest]) -> Result<()> {
+    let root = workspace_root();
+    let out = root.join("components");
+    for guest in guests {
+        let core_module = build_core_module(&root, guest)?;
+        let output = out.join(guest.output);
+        componentize(&core_module, &output)?;
+        eprintln!("built {}", output.display());
+    }
+    Ok(())
+}
+
+/// The release host binary, built the ordinary way (no guest settings).
+fn build_host() -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--package", "waypoint"])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building the waypoint binary failed");
+    }
+    Ok(())
+}
+
+const USAGE: &str = "usage: cargo xtask <build|components|hostile|all>
+  build       the policy components, then the release waypoint binary
+  components  build fcfs, priority and fair into components/
+  hostile     build the hostile test components into components/hostile/
+  all         components and hostile";
+
+fn main() -> Result<()> {
+    let task = env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "build" => build(&POLICIES).and_then(|()| build_host()),
+        "components" => build(&POLICIES),
+        "hostile" => build(&HOSTILE),
+        "all" => build(&POLICIES).and_then(|()| build(&HOSTILE)),
+        _ => bail!(USAGE),
+    }
+}
