@@ -7,9 +7,9 @@ use waypoint_scheduler::output::{
 };
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
-    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
-    StateError,
+    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, ModelOutput, NewRequest,
+    OutputError, Phase, RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
+    SchedulerStats, StateError,
 };
 
 use super::wit;
@@ -53,6 +53,16 @@ pub(super) fn new_request(request: NewRequest) -> wit::NewRequest {
         arrival_ns: request.arrival_ns,
         journey_sampled: request.journey_sampled,
         cache_salt: request.cache_salt,
+    }
+}
+
+pub(super) fn model_output(output: &ModelOutput) -> wit::ModelOutput {
+    let sampled = &output.sampled_token_ids;
+    wit::ModelOutput {
+        token_ids: sampled.iter().map(|token| token.unwrap_or(0)).collect(),
+        missing: (0..sampled.len() as u32)
+            .filter(|&index| sampled[index as usize].is_none())
+            .collect(),
     }
 }
 

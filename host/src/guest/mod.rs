@@ -395,9 +395,7 @@ impl SchedulerBackend for GuestBackend {
         output: &ModelOutput,
         now_ns: u64,
     ) -> Result<EngineOutputs, BackendError> {
-        let output = wit::ModelOutput {
-            sampled_token_ids: output.sampled_token_ids.clone(),
-        };
+        let output = convert::model_output(output);
         let result = self.with(|b, store, s| {
             b.waypoint_scheduler_scheduler()
                 .scheduler()

@@ -6,9 +6,9 @@ use alloc::vec::Vec;
 use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyConfig, JourneyEvent, JourneyEventType, NewRequest,
-    OutputError, Phase, PolicyKind, RequestError, RequestId, ScheduleKind, ScheduledKind,
-    SchedulerConfig, SchedulerStats, StateError, StepTracingConfig,
+    ConfigError, FinishStatus, JourneyConfig, JourneyEvent, JourneyEventType, ModelOutput,
+    NewRequest, OutputError, Phase, PolicyKind, RequestError, RequestId, ScheduleKind,
+    ScheduledKind, SchedulerConfig, SchedulerStats, StateError, StepTracingConfig,
 };
 
 use crate::wit;
@@ -52,6 +52,19 @@ pub(crate) fn new_request(request: wit::NewRequest) -> NewRequest {
         arrival_ns: request.arrival_ns,
         journey_sampled: request.journey_sampled,
         cache_salt: request.cache_salt,
+    }
+}
+
+/// Positions listed in `missing` (out-of-range ones are ignored) get no token.
+pub(crate) fn model_output(output: wit::ModelOutput) -> ModelOutput {
+    let mut sampled: Vec<Option<u32>> = output.token_ids.into_iter().map(Some).collect();
+    for index in output.missing {
+        if let Some(entry) = sampled.get_mut(index as usize) {
+            *entry = None;
+        }
+    }
+    ModelOutput {
+        sampled_token_ids: sampled,
     }
 }
 

@@ -109,9 +109,7 @@ impl GuestScheduler for Component {
         output: wit::ModelOutput,
         now_ns: u64,
     ) -> Result<wit::EngineOutputs, wit::OutputError> {
-        let output = waypoint_scheduler::ModelOutput {
-            sampled_token_ids: output.sampled_token_ids,
-        };
+        let output = convert::model_output(output);
         self.0
             .borrow_mut()
             .update_from_output(&output, now_ns)
