@@ -1,10 +1,12 @@
 //! Waypoint's native host: the scheduler (native or as a policy component under wasmtime)
 //! behind one backend interface, and the commands built on it.
 
+pub mod args;
 pub mod backend;
 pub mod bench;
 pub mod builtin;
 pub mod conformance;
 pub mod guest;
+pub mod sim;
 pub mod spec;
 pub mod workload;

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use waypoint::args::EngineArgs;
 use waypoint::bench;
 use waypoint::conformance;
 use waypoint::guest::{GuestLimits, GuestRuntime};
+use waypoint::sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
+use waypoint::sim::latency::LatencyModel;
+use waypoint::sim::report::{table, Report, Slo};
+use waypoint::sim::trace::ChromeTrace;
+use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
 use waypoint_scheduler::PolicyKind;
 
@@ -31,6 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Replay a workload through a scheduler in virtual time: journeys, reports, traces.
+    Simulate(Box<SimulateArgs>),
     /// Check a policy component against the scheduler contract, scenario by scenario.
     Conformance {
         /// A policy component file, or a built-in policy name (fcfs, priority, fair).
@@ -48,6 +56,186 @@ enum Command {
         #[arg(long, default_value = "fcfs")]
         scheduler: SchedulerSpec,
     },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// A JSON Lines workload (see the README); without it a synthetic workload is generated.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Synthetic: number of requests.
+    #[arg(long, default_value_t = 1000)]
+    num_requests: u64,
+    /// Synthetic: mean arrivals per second (inf: all at once).
+    #[arg(long, default_value_t = f64::INFINITY)]
+    request_rate: f64,
+    /// Synthetic: gamma shape of inter-arrival times (1: Poisson; lower is burstier).
+    #[arg(long, default_value_t = 1.0)]
+    burstiness: f64,
+    /// Synthetic: prompt lengths, fixed:N, uniform:A-B or sharegpt.
+    #[arg(long, default_value = "sharegpt")]
+    prompt_lengths: String,
+    /// Synthetic: output lengths, fixed:N, uniform:A-B or sharegpt.
+    #[arg(long, default_value = "sharegpt")]
+    output_lengths: String,
+    /// Synthetic: fraction of requests sharing a prefix with their group.
+    #[arg(long, default_value_t = 0.0)]
+    prefix_fraction: f64,
+    /// Synthetic: number of shared-prefix groups.
+    #[arg(long, default_value_t = 8)]
+    prefix_groups: u32,
+    /// Synthetic: length of a shared prefix.
+    #[arg(long, default_value_t = 128)]
+    prefix_len: u32,
+    /// Synthetic: priority mix, value:weight pairs (e.g. 0:0.8,1:0.2).
+    #[arg(long, default_value = "0")]
+    priorities: String,
+    /// Synthetic: client mix, value:weight pairs (e.g. 0:3,1:1).
+    #[arg(long, default_value = "0")]
+    clients: String,
+    /// Synthetic: seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
+    #[arg(long, default_value = "fcfs")]
+    scheduler: SchedulerSpec,
+    /// Run several schedulers on the same workload and compare them (e.g. fcfs,priority,fair).
+    #[arg(long, value_delimiter = ',')]
+    compare: Vec<SchedulerSpec>,
+    /// Latency model JSON (fixed_us, prefill_token_us, decode_request_us, context_token_us).
+    #[arg(long)]
+    latency_model: Option<PathBuf>,
+    /// Write the canonical journey JSON Lines here.
+    #[arg(long)]
+    journey_log: Option<PathBuf>,
+    /// Write a Chrome/Perfetto trace here.
+    #[arg(long)]
+    chrome_trace: Option<PathBuf>,
+    /// Write the report JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Time-to-first-token objective for goodput, ms.
+    #[arg(long)]
+    slo_ttft_ms: Option<f64>,
+    /// Time-per-output-token objective for goodput, ms.
+    #[arg(long)]
+    slo_tpot_ms: Option<f64>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+impl SimulateArgs {
+    fn synthetic(&self) -> Result<Synthetic> {
+        Ok(Synthetic {
+            num_requests: self.num_requests,
+            request_rate: self.request_rate,
+            burstiness: self.burstiness,
+            prompt_lengths: Lengths::parse(&self.prompt_lengths, true)
+                .map_err(anyhow::Error::msg)?,
+            output_lengths: Lengths::parse(&self.output_lengths, false)
+                .map_err(anyhow::Error::msg)?,
+            prefix_fraction: self.prefix_fraction,
+            prefix_groups: self.prefix_groups,
+            prefix_len: self.prefix_len,
+            priorities: Mix::parse(&self.priorities).map_err(anyhow::Error::msg)?,
+            clients: Mix::parse(&self.clients).map_err(anyhow::Error::msg)?,
+            seed: self.seed,
+        })
+    }
+
+    /// A fresh stream of the workload's arrivals (each run replays it from the start).
+    fn arrivals(&self) -> Result<Box<dyn Iterator<Item = Result<Arrival, WorkloadError>>>> {
+        Ok(match &self.workload {
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Box::new(read_workload(std::io::BufReader::new(file)))
+            }
+            None => Box::new(self.synthetic()?.arrivals().map(Ok)),
+        })
+    }
+}
+
+fn create_output(path: &Option<PathBuf>) -> Result<Option<std::io::BufWriter<std::fs::File>>> {
+    path.as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(std::io::BufWriter::new)
+                .with_context(|| format!("creating {}", path.display()))
+        })
+        .transpose()
+}
+
+fn simulate_command(cli: &Cli, args: &SimulateArgs) -> Result<ExitCode> {
+    let latency = match &args.latency_model {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            LatencyModel::from_json(&text)
+                .with_context(|| format!("latency model {}", path.display()))?
+        }
+        None => LatencyModel::default(),
+    };
+    let settings = Settings {
+        latency,
+        slo: Slo {
+            ttft_ms: args.slo_ttft_ms,
+            tpot_ms: args.slo_tpot_ms,
+        },
+    };
+    let specs = if args.compare.is_empty() {
+        vec![args.scheduler.clone()]
+    } else {
+        args.compare.clone()
+    };
+    if specs.len() > 1 && (args.journey_log.is_some() || args.chrome_trace.is_some()) {
+        anyhow::bail!(
+            "--journey-log and --chrome-trace record one run; leave them out with --compare"
+        );
+    }
+    let runtime = runtime(cli)?;
+    let config = args.engine.config(true);
+    let mut reports: Vec<Report> = Vec::new();
+    for spec in &specs {
+        let module = spec.load(&runtime)?;
+        let mut backend = spec.open(module.as_ref(), config)?;
+        let mut journey_log = create_output(&args.journey_log)?;
+        let mut trace_file = create_output(&args.chrome_trace)?;
+        let progress = indicatif::ProgressBar::new(if args.workload.is_some() {
+            0
+        } else {
+            args.num_requests
+        });
+        progress.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} {pos}/{len} requests finished [{elapsed}]",
+            )
+            .context("progress template")?,
+        );
+        progress.set_message(spec.to_string());
+        let report_progress = |finished: u64| progress.set_position(finished);
+        let mut outputs = Outputs {
+            journey_log: journey_log.as_mut().map(|w| w as &mut dyn std::io::Write),
+            chrome_trace: match trace_file.as_mut() {
+                Some(w) => Some(ChromeTrace::new(w as &mut dyn std::io::Write)?),
+                None => None,
+            },
+            progress: Some(&report_progress),
+        };
+        let report = simulate(backend.as_mut(), args.arrivals()?, settings, &mut outputs)?;
+        progress.finish_and_clear();
+        reports.push(report);
+    }
+    print!("{}", table(&reports));
+    if let Some(path) = &args.report {
+        let json = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime(cli: &Cli) -> Result<GuestRuntime> {
@@ -121,6 +309,7 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Simulate(args) => simulate_command(&cli, args),
         Command::Conformance { component } => conformance(&cli, component),
         Command::Bench {
             running,

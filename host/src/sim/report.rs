@@ -1,0 +1,332 @@
+//! Simulation metrics: per-request latencies from the journey events, token gaps from the
+//! outputs, and the summary report (JSON and a table).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// p50/p90/p99 and mean of a sample, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The nearest-rank percentile `q` (0..=1) of sorted `values`.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl Percentiles {
+    /// Summarise a sample (sorted in place).
+    pub fn of(values: &mut [f64]) -> Self {
+        values.sort_by(f64::total_cmp);
+        let mean = if values.is_empty() {
+            0.0
+        } else {
+            values.iter().sum::<f64>() / values.len() as f64
+        };
+        Self {
+            p50: percentile(values, 0.5),
+            p90: percentile(values, 0.9),
+            p99: percentile(values, 0.99),
+            mean,
+        }
+    }
+}
+
+/// Service-level objectives for goodput.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Slo {
+    /// Most time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Most time per output token, ms.
+    pub tpot_ms: Option<f64>,
+}
+
+/// KV cache usage over the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct KvUsage {
+    /// Mean over steps.
+    pub mean: f64,
+    /// Maximum over steps.
+    pub max: f64,
+    /// `[seconds, usage]` at up to 200 evenly spaced steps.
+    pub series: Vec<(f64, f64)>,
+}
+
+/// The report of one simulation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// The policy and where it ran.
+    pub scheduler: String,
+    /// Requests in the workload.
+    pub requests: u64,
+    /// Requests that finished.
+    pub completed: u64,
+    /// Engine steps.
+    pub steps: u64,
+    /// Virtual time from the first arrival to the last finish, seconds.
+    pub duration_s: f64,
+    /// Finished requests per second.
+    pub throughput_rps: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Time to first token.
+    pub ttft_ms: Percentiles,
+    /// Time per output token (per request, after the first).
+    pub tpot_ms: Percentiles,
+    /// Inter-token latency (every gap between two tokens of a request; percentiles within
+    /// 0.1 %, from a histogram).
+    pub itl_ms: Percentiles,
+    /// End-to-end latency.
+    pub e2e_ms: Percentiles,
+    /// Time from arrival to first scheduling.
+    pub queue_ms: Percentiles,
+    /// The objectives goodput counts against.
+    pub slo: Slo,
+    /// Requests per second that met every objective.
+    pub goodput_rps: f64,
+    /// Preemptions.
+    pub preemptions: u64,
+    /// Prefix-cache hits over queries.
+    pub prefix_cache_hit_rate: f64,
+    /// KV usage.
+    pub kv_usage: KvUsage,
+}
+
+/// A histogram with 0.1 % relative buckets, for samples too many to keep (one per token):
+/// memory stays constant however long the run.
+#[derive(Debug, Clone)]
+pub struct LogHistogram {
+    counts: Vec<u64>,
+    total: u64,
+    sum: f64,
+}
+
+const GROWTH: f64 = 1.001;
+/// Smallest value told apart (ms); smaller samples fall into the first bucket.
+const FLOOR_MS: f64 = 1e-6;
+
+impl Default for LogHistogram {
+    fn default() -> Self {
+        Self {
+            counts: Vec::new(),
+            total: 0,
+            sum: 0.0,
+        }
+    }
+}
+
+impl LogHistogram {
+    fn bucket(value: f64) -> usize {
+        if value <= FLOOR_MS {
+            0
+        } else {
+            ((value / FLOOR_MS).ln() / GROWTH.ln()).ceil() as usize
+        }
+    }
+
+    /// Add a sample (ms).
+    pub fn record(&mut self, value: f64) {
+        let bucket = Self::bucket(value);
+        if bucket >= self.counts.len() {
+            self.counts.resize(bucket + 1, 0);
+        }
+        self.counts[bucket] += 1;
+        self.total += 1;
+        self.sum += value;
+    }
+
+    /// Percentiles (each within 0.1 % of the exact nearest-rank value) and the exact mean.
+    pub fn percentiles(&self) -> Percentiles {
+        if self.total == 0 {
+            return Percentiles::default();
+        }
+        let at = |q: f64| {
+            let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+            let mut seen = 0;
+            for (bucket, &count) in self.counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return FLOOR_MS * GROWTH.powi(bucket as i32);
+                }
+            }
+            0.0
+        };
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            mean: self.sum / self.total as f64,
+        }
+    }
+}
+
+/// Ms from ns.
+pub fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Collects the samples a report is made of.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) ttft: Vec<f64>,
+    pub(crate) tpot: Vec<f64>,
+    pub(crate) itl: LogHistogram,
+    pub(crate) e2e: Vec<f64>,
+    pub(crate) queue: Vec<f64>,
+    pub(crate) good: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) preemptions: u64,
+    pub(crate) kv: Vec<(f64, f64)>,
+    pub(crate) kv_sum: f64,
+    pub(crate) kv_max: f64,
+    pub(crate) kv_steps: u64,
+}
+
+impl Metrics {
+    pub(crate) fn kv_sample(&mut self, seconds: f64, usage: f64) {
+        self.kv_sum += usage;
+        self.kv_max = self.kv_max.max(usage);
+        self.kv_steps += 1;
+        // Keep at most 400 points: halve the series whenever it fills up.
+        if self.kv_steps.is_power_of_two() || self.kv.len() < 400 {
+            if self.kv.len() >= 400 {
+                self.kv = self.kv.iter().step_by(2).copied().collect();
+            }
+            self.kv.push((seconds, usage));
+        }
+    }
+
+    pub(crate) fn report(mut self, header: ReportHeader) -> Report {
+        let seconds = header.duration_s.max(f64::MIN_POSITIVE);
+        let completed = self.e2e.len() as u64;
+        let step = (self.kv.len() / 200).max(1);
+        Report {
+            scheduler: header.scheduler,
+            requests: header.requests,
+            completed,
+            steps: header.steps,
+            duration_s: header.duration_s,
+            throughput_rps: completed as f64 / seconds,
+            output_tokens_per_s: self.output_tokens as f64 / seconds,
+            ttft_ms: Percentiles::of(&mut self.ttft),
+            tpot_ms: Percentiles::of(&mut self.tpot),
+            itl_ms: self.itl.percentiles(),
+            e2e_ms: Percentiles::of(&mut self.e2e),
+            queue_ms: Percentiles::of(&mut self.queue),
+            slo: header.slo,
+            goodput_rps: self.good as f64 / seconds,
+            preemptions: self.preemptions,
+            prefix_cache_hit_rate: header.prefix_cache_hit_rate,
+            kv_usage: KvUsage {
+                mean: if self.kv_steps == 0 {
+                    0.0
+                } else {
+                    self.kv_sum / self.kv_steps as f64
+                },
+                max: self.kv_max,
+                series: self.kv.iter().step_by(step).copied().collect(),
+            },
+        }
+    }
+}
+
+/// The parts of a report that do not come from samples.
+pub(crate) struct ReportHeader {
+    pub(crate) scheduler: String,
+    pub(crate) requests: u64,
+    pub(crate) steps: u64,
+    pub(crate) duration_s: f64,
+    pub(crate) slo: Slo,
+    pub(crate) prefix_cache_hit_rate: f64,
+}
+
+/// Reports side by side as a text table (one column per report).
+pub fn table(reports: &[Report]) -> String {
+    let mut text = String::new();
+    let row = |text: &mut String, label: &str, values: Vec<String>| {
+        let _ = write!(text, "{label:<26}");
+        for value in values {
+            let _ = write!(text, "{value:>22}");
+        }
+        text.push('\n');
+    };
+    row(
+        &mut text,
+        "scheduler",
+        reports.iter().map(|r| r.scheduler.clone()).collect(),
+    );
+    let each = |f: &dyn Fn(&Report) -> String| reports.iter().map(f).collect::<Vec<_>>();
+    row(
+        &mut text,
+        "requests completed",
+        each(&|r| format!("{}/{}", r.completed, r.requests)),
+    );
+    row(
+        &mut text,
+        "duration (s)",
+        each(&|r| format!("{:.3}", r.duration_s)),
+    );
+    row(
+        &mut text,
+        "throughput (req/s)",
+        each(&|r| format!("{:.3}", r.throughput_rps)),
+    );
+    row(
+        &mut text,
+        "output tokens/s",
+        each(&|r| format!("{:.1}", r.output_tokens_per_s)),
+    );
+    for (name, pick) in [
+        (
+            "TTFT",
+            (|r: &Report| r.ttft_ms) as fn(&Report) -> Percentiles,
+        ),
+        ("TPOT", |r: &Report| r.tpot_ms),
+        ("ITL", |r: &Report| r.itl_ms),
+        ("e2e", |r: &Report| r.e2e_ms),
+        ("queue", |r: &Report| r.queue_ms),
+    ] {
+        row(
+            &mut text,
+            &format!("{name} p50/p90/p99 (ms)"),
+            each(&|r| {
+                let p = pick(r);
+                format!("{:.1}/{:.1}/{:.1}", p.p50, p.p90, p.p99)
+            }),
+        );
+    }
+    row(
+        &mut text,
+        "goodput (req/s)",
+        each(&|r| format!("{:.3}", r.goodput_rps)),
+    );
+    row(
+        &mut text,
+        "preemptions",
+        each(&|r| r.preemptions.to_string()),
+    );
+    row(
+        &mut text,
+        "prefix cache hit rate",
+        each(&|r| format!("{:.3}", r.prefix_cache_hit_rate)),
+    );
+    row(
+        &mut text,
+        "KV usage mean/max",
+        each(&|r| format!("{:.3}/{:.3}", r.kv_usage.mean, r.kv_usage.max)),
+    );
+    text
+}
