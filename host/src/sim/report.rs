@@ -255,40 +255,26 @@ pub(crate) struct ReportHeader {
 
 /// Reports side by side as a text table (one column per report).
 pub fn table(reports: &[Report]) -> String {
-    let mut text = String::new();
-    let row = |text: &mut String, label: &str, values: Vec<String>| {
-        let _ = write!(text, "{label:<26}");
-        for value in values {
-            let _ = write!(text, "{value:>22}");
-        }
-        text.push('\n');
-    };
-    row(
-        &mut text,
-        "scheduler",
-        reports.iter().map(|r| r.scheduler.clone()).collect(),
-    );
     let each = |f: &dyn Fn(&Report) -> String| reports.iter().map(f).collect::<Vec<_>>();
-    row(
-        &mut text,
-        "requests completed",
-        each(&|r| format!("{}/{}", r.completed, r.requests)),
-    );
-    row(
-        &mut text,
-        "duration (s)",
-        each(&|r| format!("{:.3}", r.duration_s)),
-    );
-    row(
-        &mut text,
-        "throughput (req/s)",
-        each(&|r| format!("{:.3}", r.throughput_rps)),
-    );
-    row(
-        &mut text,
-        "output tokens/s",
-        each(&|r| format!("{:.1}", r.output_tokens_per_s)),
-    );
+    let mut rows: Vec<(String, Vec<String>)> = vec![
+        ("scheduler".into(), each(&|r| r.scheduler.clone())),
+        (
+            "requests completed".into(),
+            each(&|r| format!("{}/{}", r.completed, r.requests)),
+        ),
+        (
+            "duration (s)".into(),
+            each(&|r| format!("{:.3}", r.duration_s)),
+        ),
+        (
+            "throughput (req/s)".into(),
+            each(&|r| format!("{:.3}", r.throughput_rps)),
+        ),
+        (
+            "output tokens/s".into(),
+            each(&|r| format!("{:.1}", r.output_tokens_per_s)),
+        ),
+    ];
     for (name, pick) in [
         (
             "TTFT",
@@ -299,34 +285,41 @@ pub fn table(reports: &[Report]) -> String {
         ("e2e", |r: &Report| r.e2e_ms),
         ("queue", |r: &Report| r.queue_ms),
     ] {
-        row(
-            &mut text,
-            &format!("{name} p50/p90/p99 (ms)"),
-            each(&|r| {
-                let p = pick(r);
-                format!("{:.1}/{:.1}/{:.1}", p.p50, p.p90, p.p99)
-            }),
-        );
+        let values = each(&|r| {
+            let p = pick(r);
+            format!("{:.1}/{:.1}/{:.1}", p.p50, p.p90, p.p99)
+        });
+        rows.push((format!("{name} p50/p90/p99 (ms)"), values));
     }
-    row(
-        &mut text,
-        "goodput (req/s)",
+    rows.push((
+        "goodput (req/s)".into(),
         each(&|r| format!("{:.3}", r.goodput_rps)),
-    );
-    row(
-        &mut text,
-        "preemptions",
-        each(&|r| r.preemptions.to_string()),
-    );
-    row(
-        &mut text,
-        "prefix cache hit rate",
+    ));
+    rows.push(("preemptions".into(), each(&|r| r.preemptions.to_string())));
+    rows.push((
+        "prefix cache hit rate".into(),
         each(&|r| format!("{:.3}", r.prefix_cache_hit_rate)),
-    );
-    row(
-        &mut text,
-        "KV usage mean/max",
+    ));
+    rows.push((
+        "KV usage mean/max".into(),
         each(&|r| format!("{:.3}/{:.3}", r.kv_usage.mean, r.kv_usage.max)),
-    );
+    ));
+    let label_width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..reports.len())
+        .map(|column| {
+            rows.iter()
+                .map(|(_, values)| values[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for (label, values) in rows {
+        let _ = write!(text, "{label:<label_width$}");
+        for (value, width) in values.iter().zip(&widths) {
+            let _ = write!(text, "  {value:>width$}");
+        }
+        text.push('\n');
+    }
     text
 }
