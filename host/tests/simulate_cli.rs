@@ -367,3 +367,40 @@ fn compare_runs_every_policy_on_the_same_workload() {
     }
     assert!(stdout.contains("TTFT p50/p90/p99 (ms)"), "{stdout}");
 }
+
+#[test]
+fn a_request_the_scheduler_rejects_stops_the_run_with_its_reason() {
+    let dir = scratch("rejected");
+    let path = workload_file(
+        &dir,
+        &[
+            r#"{"id":"a","arrival_ms":0,"prompt_len":8,"output_len":400}"#,
+            r#"{"id":"a","arrival_ms":1,"prompt_len":8,"output_len":4}"#,
+        ],
+    );
+    let run = simulate(
+        "rejected-run",
+        &["--workload", &path, "--scheduler", "fair"],
+    );
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains(r#"request id "a" is already in use"#),
+        "{}",
+        run.stderr
+    );
+    let path = workload_file(
+        &dir,
+        &[r#"{"id":"long","arrival_ms":0,"prompt_len":5000,"output_len":4}"#],
+    );
+    let run = simulate(
+        "rejected-long",
+        &["--workload", &path, "--scheduler", "native"],
+    );
+    assert!(!run.success);
+    assert!(
+        run.stderr
+            .contains("5000 prompt tokens; a prompt must be shorter than max_model_len (4096)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -97,9 +97,9 @@ pub enum RequestError {
         /// The id.
         id: String,
     },
-    /// The prompt is longer than the model.
+    /// The prompt leaves no room for output (it is not shorter than `max_model_len`).
     #[error(
-        "request {id:?} has {prompt_len} prompt tokens, more than max_model_len ({max_model_len})"
+        "request {id:?} has {prompt_len} prompt tokens; a prompt must be shorter than max_model_len ({max_model_len}) to leave room for output"
     )]
     PromptTooLong {
         /// The id.

@@ -153,6 +153,7 @@ impl Run<'_, '_> {
             journey_sampled: true,
             ..NewRequest::new(arrival.id.clone(), arrival.prompt.token_ids(index))
         };
+        let events = self.backend.add_request(request, at_ns)?;
         let id: waypoint_scheduler::RequestId = arrival.id.as_str().into();
         self.handles.insert(id, index);
         self.live.insert(
@@ -167,7 +168,6 @@ impl Run<'_, '_> {
                 tid: index + 1,
             },
         );
-        let events = self.backend.add_request(request, at_ns)?;
         self.journeys(&events)
     }
 
