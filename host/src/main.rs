@@ -6,17 +6,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use waypoint::args::EngineArgs;
+
 use waypoint::bench;
 use waypoint::conformance;
+use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
+use waypoint::model::sampling::SamplingParams;
+use waypoint::model::{cpu_device, decode_bytes, encode_bytes, Model, ModelConfig, Weights};
 use waypoint::sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
 use waypoint::sim::latency::LatencyModel;
 use waypoint::sim::report::{table, Report, Slo};
 use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
-use waypoint_scheduler::PolicyKind;
+use waypoint_scheduler::{NewRequest, PolicyKind};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text for a file of prompts through the real engine loop (scheduler + model).
+    Generate(Box<GenerateArgs>),
     /// Replay a workload through a scheduler in virtual time: journeys, reports, traces.
     Simulate(Box<SimulateArgs>),
     /// Check a policy component against the scheduler contract, scenario by scenario.
@@ -154,6 +161,156 @@ impl SimulateArgs {
             None => Box::new(self.synthetic()?.arrivals().map(Ok)),
         })
     }
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Prompts, JSON Lines: {"id", "prompt" or "prompt_token_ids", sampling parameters}.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Where to write one JSON line per request: id, text, token ids, finish reason, timings.
+    #[arg(long)]
+    output: PathBuf,
+    /// The model: `tiny`, the built-in Llama-shaped model with seeded weights and byte tokens.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
+    #[arg(long, default_value = "fcfs")]
+    scheduler: SchedulerSpec,
+    /// Write the canonical journey JSON Lines here.
+    #[arg(long)]
+    journey_log: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    id: String,
+    prompt: Option<String>,
+    prompt_token_ids: Option<Vec<u32>>,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: u32,
+    #[serde(default)]
+    min_tokens: u32,
+    #[serde(default)]
+    temperature: f32,
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    stop_token_ids: Vec<u32>,
+    #[serde(default)]
+    priority: i32,
+}
+
+fn default_max_tokens() -> u32 {
+    16
+}
+
+fn read_prompts(path: &PathBuf) -> Result<Vec<EngineRequest>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut requests = Vec::new();
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: PromptLine = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), index + 1))?;
+        let prompt = match (line.prompt, line.prompt_token_ids) {
+            (Some(text), None) => encode_bytes(&text),
+            (None, Some(tokens)) => tokens,
+            _ => anyhow::bail!(
+                "{} line {}: give prompt or prompt_token_ids",
+                path.display(),
+                index + 1
+            ),
+        };
+        requests.push(EngineRequest {
+            request: NewRequest {
+                max_tokens: line.max_tokens,
+                min_tokens: line.min_tokens,
+                stop_token_ids: line.stop_token_ids,
+                priority: line.priority,
+                ..NewRequest::new(line.id, prompt)
+            },
+            sampling: SamplingParams {
+                temperature: line.temperature,
+                top_p: line.top_p.unwrap_or(1.0),
+                top_k: line.top_k,
+                seed: line.seed,
+            },
+        });
+    }
+    Ok(requests)
+}
+
+fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
+    if args.model != "tiny" {
+        anyhow::bail!(
+            "unknown model {:?}: this build has the built-in `tiny` model only",
+            args.model
+        );
+    }
+    let requests = read_prompts(&args.prompts)?;
+    let config = args.engine.config(args.journey_log.is_some());
+    let runtime = runtime(cli)?;
+    let module = args.scheduler.load(&runtime)?;
+    let backend = args.scheduler.open(module.as_ref(), config)?;
+    let device = cpu_device();
+    let model_config = ModelConfig::tiny();
+    let model = Model::new(
+        model_config,
+        Weights::random(&model_config, 0, &device),
+        device,
+    );
+    let mut engine = Engine::new(backend, model, &config);
+    let start = std::time::Instant::now();
+    let clock = || start.elapsed().as_nanos() as u64;
+    let mut journey_log = create_output(&args.journey_log)?;
+    let mut write_events = |events: &[waypoint_scheduler::JourneyEvent]| -> Result<()> {
+        if let Some(log) = journey_log.as_mut() {
+            for event in events {
+                writeln!(log, "{}", event.to_json_line())?;
+            }
+        }
+        Ok(())
+    };
+    for request in requests {
+        let events = engine.add(request, clock())?;
+        write_events(&events)?;
+    }
+    let mut output = std::io::BufWriter::new(
+        std::fs::File::create(&args.output)
+            .with_context(|| format!("creating {}", args.output.display()))?,
+    );
+    while engine.num_unfinished() > 0 {
+        let step = engine.step(clock(), clock)?;
+        write_events(&step.journey_events)?;
+        for done in step.finished {
+            let line = serde_json::json!({
+                "id": &*done.id,
+                "text": decode_bytes(&done.token_ids),
+                "token_ids": done.token_ids,
+                "finish_reason": done.finish_status.finish_reason(),
+                "timings": {
+                    "ttft_ms": done.first_token_ns.map(|t| (t - done.arrival_ns) as f64 / 1e6),
+                    "e2e_ms": (done.finish_ns - done.arrival_ns) as f64 / 1e6,
+                },
+            });
+            writeln!(output, "{line}")?;
+        }
+    }
+    output.flush()?;
+    if let Some(log) = journey_log.as_mut() {
+        log.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn create_output(path: &Option<PathBuf>) -> Result<Option<std::io::BufWriter<std::fs::File>>> {
@@ -310,6 +467,7 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Simulate(args) => simulate_command(&cli, args),
+        Command::Generate(args) => generate_command(&cli, args),
         Command::Conformance { component } => conformance(&cli, component),
         Command::Bench {
             running,

@@ -1,0 +1,147 @@
+//! The model runner: a Llama-family decoder written once in burn, computing over the paged KV
+//! cache whose block ids the scheduler hands out.
+//!
+//! One forward pass takes a whole scheduled batch — prefill chunks and decode tokens of many
+//! requests flattened together — writes each new token's key and value into its slot
+//! (`block id × block size + offset`), lets every request attend over its own block table, and
+//! returns logits only for the rows that sample.
+
+mod layers;
+mod paged;
+pub mod sampling;
+mod weights;
+
+pub use paged::{BatchRequest, PagedBatch, PagedKvCache};
+pub use weights::Weights;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// The built-in byte-level tokenizer: a token is a UTF-8 byte.
+pub fn encode_bytes(text: &str) -> Vec<u32> {
+    text.bytes().map(u32::from).collect()
+}
+
+/// Text of byte tokens (invalid UTF-8 shows as replacement characters).
+pub fn decode_bytes(tokens: &[u32]) -> String {
+    let bytes: Vec<u8> = tokens.iter().map(|&t| t.min(255) as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The CPU device (burn's ndarray backend).
+///
+/// burn 0.22 marks ndarray deprecated in favour of its new `flex` CPU backend; ndarray is kept
+/// because it is the CPU backend this project specifies and was checked against wgpu here.
+#[allow(deprecated)]
+pub fn cpu_device() -> Device {
+    Device::ndarray()
+}
+
+/// The shape of a Llama-family model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Whether the output head reuses the embedding matrix.
+    pub tie_word_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// The built-in `tiny` model: byte vocabulary, 2 layers, grouped-query attention.
+    pub fn tiny() -> Self {
+        Self {
+            vocab_size: 256,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+        }
+    }
+}
+
+/// A model ready to run: its shape and weights on a device.
+pub struct Model {
+    config: ModelConfig,
+    weights: Weights,
+    device: Device,
+}
+
+impl Model {
+    /// A model from weights already on `device`.
+    pub fn new(config: ModelConfig, weights: Weights, device: Device) -> Self {
+        Self {
+            config,
+            weights,
+            device,
+        }
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Tensor<2> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
+        self.weights.embedding.clone().select(0, ids)
+    }
+
+    fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let hidden = layers::rms_norm(hidden, &self.weights.final_norm, self.config.rms_norm_eps);
+        hidden.matmul(self.weights.output_head())
+    }
+
+    /// Reference forward of one sequence alone: plain causal attention, no cache. Returns the
+    /// logits of every position, `[len, vocab]`.
+    pub fn forward_dense(&self, tokens: &[u32]) -> Tensor<2> {
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let mut hidden = self.embed(tokens);
+        for layer in &self.weights.layers {
+            hidden = layer.forward(hidden, &positions, &self.config, &self.device, |q, k, v| {
+                layers::causal_attention(q, k, v, &positions, &positions, &self.config)
+            });
+        }
+        self.logits(hidden)
+    }
+
+    /// Forward one scheduled batch over the paged cache; returns `[rows sampled, vocab]`
+    /// logits, in the batch's request order.
+    pub fn forward_paged(&self, batch: &PagedBatch, cache: &mut PagedKvCache) -> Tensor<2> {
+        paged::forward(self, batch, cache)
+    }
+}
+
+/// Logits as plain rows, for sampling and tests.
+pub fn rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
+    let [count, width] = logits.dims();
+    let values: Vec<f32> = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+    (0..count)
+        .map(|row| values[row * width..(row + 1) * width].to_vec())
+        .collect()
+}
