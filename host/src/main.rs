@@ -14,7 +14,7 @@ use waypoint::conformance;
 use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
-use waypoint::model::{cpu_device, decode_bytes, encode_bytes, Model, ModelConfig, Weights};
+use waypoint::model::{cpu_device, Model, ModelConfig, Vocabulary, Weights};
 use waypoint::sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
 use waypoint::sim::latency::LatencyModel;
 use waypoint::sim::report::{table, Report, Slo};
@@ -171,7 +171,8 @@ struct GenerateArgs {
     /// Where to write one JSON line per request: id, text, token ids, finish reason, timings.
     #[arg(long)]
     output: PathBuf,
-    /// The model: `tiny`, the built-in Llama-shaped model with seeded weights and byte tokens.
+    /// The model: `tiny` (built in: seeded weights, byte tokens) or a local Hugging Face
+    /// directory of a Llama checkpoint (config.json, *.safetensors, tokenizer.json).
     #[arg(long, default_value = "tiny")]
     model: String,
     /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
@@ -205,13 +206,45 @@ struct PromptLine {
     stop_token_ids: Vec<u32>,
     #[serde(default)]
     priority: i32,
+    #[serde(default)]
+    ignore_eos: bool,
 }
 
 fn default_max_tokens() -> u32 {
     16
 }
 
-fn read_prompts(path: &PathBuf) -> Result<Vec<EngineRequest>> {
+/// The model to generate with and how text maps to its tokens.
+struct LoadedModel {
+    model: Model,
+    vocabulary: Vocabulary,
+    eos_token_id: Option<u32>,
+}
+
+fn load_model(name: &str) -> Result<LoadedModel> {
+    let device = cpu_device();
+    if name == "tiny" {
+        let config = ModelConfig::tiny();
+        return Ok(LoadedModel {
+            model: Model::new(config, Weights::random(&config, 0, &device), device),
+            vocabulary: Vocabulary::Bytes,
+            eos_token_id: None,
+        });
+    }
+    let dir = PathBuf::from(name);
+    if !dir.is_dir() {
+        anyhow::bail!("unknown model {name:?}: use `tiny` or a Hugging Face checkpoint directory");
+    }
+    let checkpoint = waypoint::model::checkpoint::load(&dir, &device)
+        .with_context(|| format!("loading the checkpoint in {}", dir.display()))?;
+    Ok(LoadedModel {
+        model: Model::new(checkpoint.config, checkpoint.weights, device),
+        vocabulary: Vocabulary::Tokenizer(Box::new(checkpoint.tokenizer)),
+        eos_token_id: checkpoint.eos_token_id,
+    })
+}
+
+fn read_prompts(path: &PathBuf, model: &LoadedModel) -> Result<Vec<EngineRequest>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut requests = Vec::new();
@@ -223,7 +256,9 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<EngineRequest>> {
         let line: PromptLine = serde_json::from_str(line)
             .with_context(|| format!("{} line {}", path.display(), index + 1))?;
         let prompt = match (line.prompt, line.prompt_token_ids) {
-            (Some(text), None) => encode_bytes(&text),
+            (Some(text), None) => model.vocabulary.encode(&text).map_err(|e| {
+                anyhow::anyhow!("{} line {}: tokenizing: {e}", path.display(), index + 1)
+            })?,
             (None, Some(tokens)) => tokens,
             _ => anyhow::bail!(
                 "{} line {}: give prompt or prompt_token_ids",
@@ -237,6 +272,11 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<EngineRequest>> {
                 min_tokens: line.min_tokens,
                 stop_token_ids: line.stop_token_ids,
                 priority: line.priority,
+                eos_token_id: if line.ignore_eos {
+                    None
+                } else {
+                    model.eos_token_id
+                },
                 ..NewRequest::new(line.id, prompt)
             },
             sampling: SamplingParams {
@@ -251,24 +291,15 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<EngineRequest>> {
 }
 
 fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
-    if args.model != "tiny" {
-        anyhow::bail!(
-            "unknown model {:?}: this build has the built-in `tiny` model only",
-            args.model
-        );
-    }
-    let requests = read_prompts(&args.prompts)?;
+    let loaded = load_model(&args.model)?;
+    let requests = read_prompts(&args.prompts, &loaded)?;
     let config = args.engine.config(args.journey_log.is_some());
     let runtime = runtime(cli)?;
     let module = args.scheduler.load(&runtime)?;
     let backend = args.scheduler.open(module.as_ref(), config)?;
-    let device = cpu_device();
-    let model_config = ModelConfig::tiny();
-    let model = Model::new(
-        model_config,
-        Weights::random(&model_config, 0, &device),
-        device,
-    );
+    let LoadedModel {
+        model, vocabulary, ..
+    } = loaded;
     let mut engine = Engine::new(backend, model, &config);
     let start = std::time::Instant::now();
     let clock = || start.elapsed().as_nanos() as u64;
@@ -295,7 +326,7 @@ fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
         for done in step.finished {
             let line = serde_json::json!({
                 "id": &*done.id,
-                "text": decode_bytes(&done.token_ids),
+                "text": vocabulary.decode(&done.token_ids),
                 "token_ids": done.token_ids,
                 "finish_reason": done.finish_status.finish_reason(),
                 "timings": {

@@ -89,3 +89,24 @@ fn malformed_prompts_and_unknown_models_are_reported() {
     assert!(!ok);
     assert!(stderr.contains("unknown model"), "{stderr}");
 }
+
+#[test]
+fn a_hugging_face_checkpoint_generates_with_its_tokenizer() {
+    let fixture = format!(
+        "{}/../tests/fixtures/tiny-llama",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let prompts = "{\"id\":\"hf\",\"prompt\":\"w5 w9 w14\",\"max_tokens\":6,\"ignore_eos\":true}\n";
+    let (ok, stderr, lines) = run(
+        "hf",
+        prompts,
+        &["--model", &fixture, "--scheduler", "priority"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(lines[0]["token_ids"].as_array().unwrap().len(), 6);
+    let text = lines[0]["text"].as_str().unwrap();
+    assert!(
+        text.split(' ').all(|word| word.starts_with('w')),
+        "decoded with the checkpoint's tokenizer: {text}"
+    );
+}

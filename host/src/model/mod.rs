@@ -6,6 +6,7 @@
 //! (`block id × block size + offset`), lets every request attend over its own block table, and
 //! returns logits only for the rows that sample.
 
+pub mod checkpoint;
 mod layers;
 mod paged;
 pub mod sampling;
@@ -25,6 +26,35 @@ pub fn encode_bytes(text: &str) -> Vec<u32> {
 pub fn decode_bytes(tokens: &[u32]) -> String {
     let bytes: Vec<u8> = tokens.iter().map(|&t| t.min(255) as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// How text becomes a model's tokens and back.
+pub enum Vocabulary {
+    /// The built-in byte-level tokenizer.
+    Bytes,
+    /// A checkpoint's `tokenizer.json`.
+    Tokenizer(Box<tokenizers::Tokenizer>),
+}
+
+impl Vocabulary {
+    /// Tokens of `text` (special tokens such as BOS added as the tokenizer defines them).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        match self {
+            Self::Bytes => Ok(encode_bytes(text)),
+            Self::Tokenizer(tokenizer) => tokenizer
+                .encode(text, true)
+                .map(|encoding| encoding.get_ids().to_vec())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Text of `tokens` (special tokens skipped).
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        match self {
+            Self::Bytes => decode_bytes(tokens),
+            Self::Tokenizer(tokenizer) => tokenizer.decode(tokens, true).unwrap_or_default(),
+        }
+    }
 }
 
 /// The CPU device (burn's ndarray backend).
