@@ -93,3 +93,75 @@ pub fn measure(
         p99: at(0.99),
     })
 }
+
+/// Prefill and decode throughput of the model runner alone (no scheduler).
+#[derive(Clone, Copy, Debug)]
+pub struct ModelFigures {
+    /// Prompt tokens per second, `batch` prompts computed in one forward pass.
+    pub prefill_tokens_per_s: f64,
+    /// Generated tokens per second, one token for each of `batch` requests per forward pass.
+    pub decode_tokens_per_s: f64,
+}
+
+/// Time a prefill of `batch` prompts of `prompt_len` tokens, then `decode_steps` decode steps.
+pub fn measure_model(
+    model: &crate::model::Model,
+    batch: usize,
+    prompt_len: usize,
+    decode_steps: usize,
+) -> ModelFigures {
+    use crate::model::{BatchRequest, PagedBatch, PagedKvCache};
+    let block_size = 16;
+    let blocks_per_request = (prompt_len + decode_steps).div_ceil(block_size);
+    let mut cache = PagedKvCache::new(
+        model.config(),
+        batch * blocks_per_request + 1,
+        block_size,
+        model.device(),
+    );
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|r| {
+            (0..blocks_per_request)
+                .map(|b| (1 + r * blocks_per_request + b) as u32)
+                .collect()
+        })
+        .collect();
+    let vocab = model.config().vocab_size as u32;
+    let prefill = PagedBatch {
+        requests: tables
+            .iter()
+            .enumerate()
+            .map(|(r, table)| BatchRequest {
+                tokens: (0..prompt_len)
+                    .map(|t| ((t * 7 + r * 13) as u32) % vocab)
+                    .collect(),
+                start_position: 0,
+                block_table: table.clone(),
+                sample: true,
+            })
+            .collect(),
+    };
+    let start = Instant::now();
+    let _ = crate::model::rows(model.forward_paged(&prefill, &mut cache));
+    let prefill_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for step in 0..decode_steps {
+        let decode = PagedBatch {
+            requests: tables
+                .iter()
+                .map(|table| BatchRequest {
+                    tokens: vec![(step as u32 * 3) % vocab],
+                    start_position: prompt_len + step,
+                    block_table: table.clone(),
+                    sample: true,
+                })
+                .collect(),
+        };
+        let _ = crate::model::rows(model.forward_paged(&decode, &mut cache));
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    ModelFigures {
+        prefill_tokens_per_s: (batch * prompt_len) as f64 / prefill_s,
+        decode_tokens_per_s: (batch * decode_steps) as f64 / decode_s,
+    }
+}

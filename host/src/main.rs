@@ -51,6 +51,21 @@ enum Command {
         /// A policy component file, or a built-in policy name (fcfs, priority, fair).
         component: String,
     },
+    /// Model runner throughput: prefill and decode tokens/s at several batch sizes.
+    BenchModel {
+        /// `tiny` or `110m` (a Llama-shaped configuration of about 110 M parameters).
+        #[arg(long, value_delimiter = ',', default_value = "tiny,110m")]
+        models: Vec<String>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batch: Vec<usize>,
+        /// Prompt length of each request.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Decode steps timed after the prefill.
+        #[arg(long, default_value_t = 16)]
+        decode_steps: usize,
+    },
     /// Scheduler cycle latency natively and through a policy component, side by side.
     Bench {
         /// Running requests to measure at.
@@ -494,6 +509,38 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench_model(
+    models: &[String],
+    batches: &[usize],
+    prompt_len: usize,
+    decode_steps: usize,
+) -> Result<ExitCode> {
+    let device = cpu_device();
+    println!("model runner on the CPU (burn ndarray); prompt {prompt_len} tokens, {decode_steps} decode steps");
+    println!(
+        "{:>6} {:>10} {:>6}  {:>16}  {:>16}",
+        "model", "params", "batch", "prefill tok/s", "decode tok/s"
+    );
+    for name in models {
+        let config = match name.as_str() {
+            "tiny" => ModelConfig::tiny(),
+            "110m" => ModelConfig::llama_110m(),
+            other => anyhow::bail!("unknown benchmark model {other:?}: tiny or 110m"),
+        };
+        let model = Model::new(config, Weights::random(&config, 1, &device), device.clone());
+        for &batch in batches {
+            let figures = bench::measure_model(&model, batch, prompt_len, decode_steps);
+            println!(
+                "{name:>6} {:>9.1}M {batch:>6}  {:>16.1}  {:>16.1}",
+                config.num_parameters() as f64 / 1e6,
+                figures.prefill_tokens_per_s,
+                figures.decode_tokens_per_s
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
@@ -505,5 +552,11 @@ fn main() -> Result<ExitCode> {
             cycles,
             scheduler,
         } => bench(&cli, running, *cycles, scheduler),
+        Command::BenchModel {
+            models,
+            batch,
+            prompt_len,
+            decode_steps,
+        } => bench_model(models, batch, *prompt_len, *decode_steps),
     }
 }

@@ -92,6 +92,36 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A Llama-shaped configuration of about 110 M parameters (for benchmarks).
+    pub fn llama_110m() -> Self {
+        Self {
+            vocab_size: 32_000,
+            hidden_size: 768,
+            intermediate_size: 2048,
+            num_layers: 12,
+            num_heads: 12,
+            num_kv_heads: 4,
+            head_dim: 64,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: false,
+        }
+    }
+
+    /// Parameters of this configuration.
+    pub fn num_parameters(&self) -> usize {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let attention =
+            h * self.num_heads * self.head_dim * 2 + h * self.num_kv_heads * self.head_dim * 2;
+        let layer = attention + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            h * self.vocab_size
+        };
+        self.vocab_size * h + self.num_layers * layer + h + head
+    }
+
     /// The built-in `tiny` model: byte vocabulary, 2 layers, grouped-query attention.
     pub fn tiny() -> Self {
         Self {
