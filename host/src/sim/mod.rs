@@ -75,8 +75,7 @@ struct Run<'o, 'w> {
     backend: &'o mut dyn SchedulerBackend,
     settings: Settings,
     outputs: &'o mut Outputs<'w>,
-    live: FxHashMap<u64, Live>,
-    handles: FxHashMap<waypoint_scheduler::RequestId, u64>,
+    live: FxHashMap<waypoint_scheduler::RequestId, Live>,
     metrics: Metrics,
     now: u64,
     iteration: u64,
@@ -93,10 +92,7 @@ impl Run<'_, '_> {
                 log.write_all(event.to_json_line().as_bytes())?;
                 log.write_all(b"\n")?;
             }
-            let Some(&handle) = self.handles.get(&event.request_id) else {
-                continue;
-            };
-            let Some(live) = self.live.get_mut(&handle) else {
+            let Some(live) = self.live.get_mut(&event.request_id) else {
                 continue;
             };
             if let Some(trace) = self.outputs.chrome_trace.as_mut() {
@@ -131,8 +127,7 @@ impl Run<'_, '_> {
                         self.metrics.good += 1;
                     }
                     self.finished += 1;
-                    self.live.remove(&handle);
-                    self.handles.remove(&event.request_id);
+                    self.live.remove(&event.request_id);
                 }
                 _ => {}
             }
@@ -154,10 +149,8 @@ impl Run<'_, '_> {
             ..NewRequest::new(arrival.id.clone(), arrival.prompt.token_ids(index))
         };
         let events = self.backend.add_request(request, at_ns)?;
-        let id: waypoint_scheduler::RequestId = arrival.id.as_str().into();
-        self.handles.insert(id, index);
         self.live.insert(
-            index,
+            arrival.id.as_str().into(),
             Live {
                 output_len: arrival.output_len,
                 produced: 0,
@@ -176,11 +169,7 @@ impl Run<'_, '_> {
         self.journeys(&output.journey_events)?;
         let mut batch = BatchShape::default();
         for entry in &output.scheduled {
-            let produced = self
-                .handles
-                .get(&entry.request_id)
-                .and_then(|h| self.live.get(h))
-                .map_or(0, |l| l.produced);
+            let produced = self.live.get(&entry.request_id).map_or(0, |l| l.produced);
             let decoding = entry.kind == ScheduledKind::Running
                 && entry.num_scheduled_tokens == 1
                 && produced > 0;
@@ -198,10 +187,7 @@ impl Run<'_, '_> {
             .iter()
             .map(|entry| {
                 entry.sample.then(|| {
-                    let live = self
-                        .handles
-                        .get(&entry.request_id)
-                        .and_then(|h| self.live.get(h));
+                    let live = self.live.get(&entry.request_id);
                     live.map_or(EOS, |live| sampled_token(live.produced, live.output_len))
                 })
             })
@@ -213,11 +199,7 @@ impl Run<'_, '_> {
             self.now,
         )?;
         for out in &engine.outputs {
-            let Some(live) = self
-                .handles
-                .get(&out.request_id)
-                .and_then(|h| self.live.get_mut(h))
-            else {
+            let Some(live) = self.live.get_mut(&out.request_id) else {
                 continue;
             };
             if live.produced > 0 {
@@ -300,7 +282,6 @@ pub fn simulate(
         settings,
         outputs,
         live: FxHashMap::default(),
-        handles: FxHashMap::default(),
         metrics: Metrics::default(),
         now: 0,
         iteration: 0,
