@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::max_relative_error;
 use waypoint::model::checkpoint::{load, CheckpointError};
 use waypoint::model::{cpu_device, rows, BatchRequest, Model, PagedBatch, PagedKvCache};
 
@@ -15,20 +18,6 @@ fn fixture() -> PathBuf {
 struct Reference {
     prompts: Vec<Vec<u32>>,
     logits: Vec<Vec<Vec<f32>>>,
-}
-
-fn max_relative_error(actual: &[Vec<f32>], expected: &[Vec<f32>]) -> f32 {
-    let scale = expected
-        .iter()
-        .flatten()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(1e-6);
-    actual
-        .iter()
-        .flatten()
-        .zip(expected.iter().flatten())
-        .map(|(a, e)| (a - e).abs() / scale)
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -47,7 +36,7 @@ fn the_transformers_checkpoint_reproduces_its_reference_logits() {
     let model = Model::new(config, checkpoint.weights, device.clone());
     for (prompt, expected) in reference.prompts.iter().zip(&reference.logits) {
         let dense = rows(model.forward_dense(prompt));
-        let error = max_relative_error(&dense, expected);
+        let error = max_relative_error(&dense.concat(), &expected.concat());
         assert!(
             error < 1e-4,
             "dense logits of {prompt:?}: relative error {error}"
@@ -62,7 +51,7 @@ fn the_transformers_checkpoint_reproduces_its_reference_logits() {
             }],
         };
         let paged = rows(model.forward_paged(&batch, &mut cache));
-        let error = max_relative_error(&paged, &expected[prompt.len() - 1..]);
+        let error = max_relative_error(&paged.concat(), &expected[prompt.len() - 1..].concat());
         assert!(
             error < 1e-4,
             "paged logits of {prompt:?}: relative error {error}"

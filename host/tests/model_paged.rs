@@ -1,18 +1,12 @@
 //! The paged forward over a mixed batch equals the dense reference forward of each sequence
 //! alone (same weights, plain causal attention, no cache).
 
+mod common;
+
+use common::max_relative_error;
 use waypoint::model::{
     cpu_device, rows, BatchRequest, Model, ModelConfig, PagedBatch, PagedKvCache, Weights,
 };
-
-fn max_relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    actual
-        .iter()
-        .zip(expected)
-        .map(|(a, e)| (a - e).abs() / scale)
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn paged_forward_over_a_mixed_batch_matches_the_dense_reference() {
