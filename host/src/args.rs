@@ -52,3 +52,53 @@ impl EngineArgs {
         }
     }
 }
+
+/// Journey and step tracing settings (vLLM's flag names).
+#[derive(Args, Clone, Debug)]
+pub struct TracingArgs {
+    /// Where to export spans over OTLP (else the standard OTEL_EXPORTER_OTLP_* variables).
+    /// The protocol comes from OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: grpc (default) or
+    /// http/protobuf.
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
+    /// Record request journeys: `llm_request` and `llm_core` spans.
+    #[arg(long)]
+    pub enable_journey_tracing: bool,
+    /// Fraction of requests whose journey is recorded, decided once per request.
+    #[arg(long, default_value_t = 1.0)]
+    pub journey_tracing_sample_rate: f64,
+    /// Record scheduler steps on `scheduler_steps_<n>` spans.
+    #[arg(long)]
+    pub step_tracing_enabled: bool,
+    /// Fraction of steps that get a batch summary.
+    #[arg(long, default_value_t = 0.01)]
+    pub step_tracing_sample_rate: f64,
+    /// Fraction of summarised steps that also get per-request snapshots.
+    #[arg(long, default_value_t = 0.001)]
+    pub step_tracing_rich_subsample_rate: f64,
+    /// Steps per `scheduler_steps_<n>` span.
+    #[arg(long, default_value_t = 100)]
+    pub step_tracing_closure_interval: u32,
+}
+
+impl TracingArgs {
+    /// Apply the step-tracing settings to a scheduler configuration.
+    pub fn apply(&self, config: &mut SchedulerConfig) {
+        config.step_tracing.enabled = self.step_tracing_enabled;
+        config.step_tracing.sample_rate = self.step_tracing_sample_rate;
+        config.step_tracing.rich_subsample_rate = self.step_tracing_rich_subsample_rate;
+        config.step_tracing.closure_interval = self.step_tracing_closure_interval;
+    }
+
+    /// The OTLP endpoint, from the flag or the standard variables.
+    pub fn endpoint(&self) -> Option<String> {
+        self.otlp_traces_endpoint.clone().or_else(|| {
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        })
+    }
+}

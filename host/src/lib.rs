@@ -9,6 +9,8 @@ pub mod conformance;
 pub mod engine;
 pub mod guest;
 pub mod model;
+pub mod server;
 pub mod sim;
 pub mod spec;
+pub mod telemetry;
 pub mod workload;

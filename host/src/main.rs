@@ -7,20 +7,28 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
-use waypoint::args::EngineArgs;
+use waypoint::args::{EngineArgs, TracingArgs};
 
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use waypoint::bench;
 use waypoint::conformance;
+use waypoint::engine::worker::{self, WorkerParts};
 use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
-use waypoint::model::{cpu_device, Model, ModelConfig, Vocabulary, Weights};
+use waypoint::model::{open_device, DeviceChoice, LoadedModel, Model, ModelConfig, Weights};
+use waypoint::server::{self, AppState};
 use waypoint::sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
 use waypoint::sim::latency::LatencyModel;
 use waypoint::sim::report::{table, Report, Slo};
 use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
+use waypoint::telemetry::metrics::Metrics;
+use waypoint::telemetry::traces::{CoreSpans, Tracing};
+use waypoint::telemetry::Clock;
+use waypoint::workload::Rng;
 use waypoint_scheduler::{NewRequest, PolicyKind};
 
 #[derive(Parser)]
@@ -44,6 +52,8 @@ struct Cli {
 enum Command {
     /// Generate text for a file of prompts through the real engine loop (scheduler + model).
     Generate(Box<GenerateArgs>),
+    /// Serve the OpenAI-compatible API (completions, chat, models, health, metrics).
+    Serve(Box<ServeArgs>),
     /// Replay a workload through a scheduler in virtual time: journeys, reports, traces.
     Simulate(Box<SimulateArgs>),
     /// Check a policy component against the scheduler contract, scenario by scenario.
@@ -65,6 +75,9 @@ enum Command {
         /// Decode steps timed after the prefill.
         #[arg(long, default_value_t = 16)]
         decode_steps: usize,
+        /// Where the model runs: cpu or wgpu.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+        device: DeviceChoice,
     },
     /// Scheduler cycle latency natively and through a policy component, side by side.
     Bench {
@@ -190,12 +203,50 @@ struct GenerateArgs {
     /// directory of a Llama checkpoint (config.json, *.safetensors, tokenizer.json).
     #[arg(long, default_value = "tiny")]
     model: String,
+    /// Where the model runs: cpu (burn ndarray) or wgpu (a GPU; needs the `wgpu` build feature).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
     /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
     #[arg(long, default_value = "fcfs")]
     scheduler: SchedulerSpec,
     /// Write the canonical journey JSON Lines here.
     #[arg(long)]
     journey_log: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model: `tiny` (built in) or a local Hugging Face Llama checkpoint directory.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// The name clients use for the model (default: --model).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Where the model runs: cpu (burn ndarray) or wgpu (a GPU; needs the `wgpu` build feature).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+    /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
+    #[arg(long, default_value = "fcfs")]
+    scheduler: SchedulerSpec,
+    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    #[arg(long, env = "WAYPOINT_API_KEY")]
+    api_key: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_request_body_bytes: usize,
+    /// Write the canonical journey JSON Lines of every sampled request here.
+    #[arg(long)]
+    journey_log: Option<PathBuf>,
+    #[command(flatten)]
+    tracing: TracingArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -227,36 +278,6 @@ struct PromptLine {
 
 fn default_max_tokens() -> u32 {
     16
-}
-
-/// The model to generate with and how text maps to its tokens.
-struct LoadedModel {
-    model: Model,
-    vocabulary: Vocabulary,
-    eos_token_id: Option<u32>,
-}
-
-fn load_model(name: &str) -> Result<LoadedModel> {
-    let device = cpu_device();
-    if name == "tiny" {
-        let config = ModelConfig::tiny();
-        return Ok(LoadedModel {
-            model: Model::new(config, Weights::random(&config, 0, &device), device),
-            vocabulary: Vocabulary::Bytes,
-            eos_token_id: None,
-        });
-    }
-    let dir = PathBuf::from(name);
-    if !dir.is_dir() {
-        anyhow::bail!("unknown model {name:?}: use `tiny` or a Hugging Face checkpoint directory");
-    }
-    let checkpoint = waypoint::model::checkpoint::load(&dir, &device)
-        .with_context(|| format!("loading the checkpoint in {}", dir.display()))?;
-    Ok(LoadedModel {
-        model: Model::new(checkpoint.config, checkpoint.weights, device),
-        vocabulary: Vocabulary::Tokenizer(Box::new(checkpoint.tokenizer)),
-        eos_token_id: checkpoint.eos_token_id,
-    })
 }
 
 fn read_prompts(path: &PathBuf, model: &LoadedModel) -> Result<Vec<EngineRequest>> {
@@ -306,7 +327,7 @@ fn read_prompts(path: &PathBuf, model: &LoadedModel) -> Result<Vec<EngineRequest
 }
 
 fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
-    let loaded = load_model(&args.model)?;
+    let loaded = waypoint::model::load(&args.model, args.device)?;
     let requests = read_prompts(&args.prompts, &loaded)?;
     let config = args.engine.config(args.journey_log.is_some());
     let runtime = runtime(cli)?;
@@ -357,6 +378,128 @@ fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
         log.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
+    let rate = args.tracing.journey_tracing_sample_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        anyhow::bail!("--journey-tracing-sample-rate must be in [0, 1], not {rate}");
+    }
+    let journeys = args.tracing.enable_journey_tracing || args.journey_log.is_some();
+    let mut config = args.engine.config(journeys);
+    args.tracing.apply(&mut config);
+    config.validate().context("engine settings")?;
+    let loaded = waypoint::model::load(&args.model, args.device)?;
+    let runtime = runtime(cli)?;
+    let module = args.scheduler.load(&runtime)?;
+    let backend = args.scheduler.open(module.as_ref(), config)?;
+    let policy = backend.policy().to_string();
+    let model_config = *loaded.model.config();
+    let engine = Engine::new(backend, loaded.model, &config);
+    let journey_log = match &args.journey_log {
+        Some(path) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )) as Box<dyn std::io::Write + Send>),
+        None => None,
+    };
+    let served_name = args.served_model_name.clone().unwrap_or(args.model.clone());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async move {
+            let clock = Clock::new();
+            let wants_spans = journeys || args.tracing.step_tracing_enabled;
+            let tracing = match args.tracing.endpoint() {
+                Some(endpoint) if wants_spans => Some(Arc::new(
+                    Tracing::new(Some(&endpoint), clock).context("OTLP trace export")?,
+                )),
+                _ => None,
+            };
+            let metrics = Arc::new(Metrics::new(&served_name));
+            let vocabulary = Arc::new(loaded.vocabulary);
+            let handle = worker::spawn(
+                engine,
+                WorkerParts {
+                    vocabulary: vocabulary.clone(),
+                    clock,
+                    metrics: metrics.clone(),
+                    spans: tracing.clone().map(CoreSpans::new),
+                    journey_log,
+                },
+            )
+            .context("starting the engine thread")?;
+            let state = Arc::new(AppState {
+                engine: handle,
+                vocabulary,
+                model_name: served_name,
+                max_model_len: config.max_model_len,
+                vocab_size: model_config.vocab_size,
+                eos_token_id: loaded.eos_token_id,
+                api_key: args.api_key.clone(),
+                clock,
+                metrics,
+                tracing: tracing.clone(),
+                journey_sample_rate: if journeys { rate } else { 0.0 },
+                rng: Mutex::new(Rng::new(
+                    clock
+                        .wall(0)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+                )),
+                next_id: AtomicU64::new(0),
+                created: clock
+                    .wall(0)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+            let address = format!("{}:{}", args.host, args.port);
+            let listener = tokio::net::TcpListener::bind(&address)
+                .await
+                .with_context(|| format!("listening on {address}"))?;
+            eprintln!(
+                "waypoint: serving {} on http://{} with the {policy} scheduler",
+                state.model_name,
+                listener
+                    .local_addr()
+                    .map_or(address.clone(), |a| a.to_string())
+            );
+            axum::serve(
+                listener,
+                server::router(state.clone(), args.max_request_body_bytes),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")?;
+            if let Ok(state) = Arc::try_unwrap(state) {
+                state.engine.join();
+            }
+            if let Some(tracing) = tracing {
+                tokio::task::spawn_blocking(move || tracing.shutdown())
+                    .await
+                    .ok();
+            }
+            Ok(ExitCode::SUCCESS)
+        })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
 }
 
 fn create_output(path: &Option<PathBuf>) -> Result<Option<std::io::BufWriter<std::fs::File>>> {
@@ -514,9 +657,10 @@ fn bench_model(
     batches: &[usize],
     prompt_len: usize,
     decode_steps: usize,
+    choice: DeviceChoice,
 ) -> Result<ExitCode> {
-    let device = cpu_device();
-    println!("model runner on the CPU (burn ndarray); prompt {prompt_len} tokens, {decode_steps} decode steps");
+    let device = open_device(choice)?;
+    println!("model runner on {choice:?}; prompt {prompt_len} tokens, {decode_steps} decode steps");
     println!(
         "{:>6} {:>10} {:>6}  {:>16}  {:>16}",
         "model", "params", "batch", "prefill tok/s", "decode tok/s"
@@ -546,6 +690,7 @@ fn main() -> Result<ExitCode> {
     match &cli.command {
         Command::Simulate(args) => simulate_command(&cli, args),
         Command::Generate(args) => generate_command(&cli, args),
+        Command::Serve(args) => serve_command(&cli, args),
         Command::Conformance { component } => conformance(&cli, component),
         Command::Bench {
             running,
@@ -557,6 +702,7 @@ fn main() -> Result<ExitCode> {
             batch,
             prompt_len,
             decode_steps,
-        } => bench_model(models, batch, *prompt_len, *decode_steps),
+            device,
+        } => bench_model(models, batch, *prompt_len, *decode_steps, *device),
     }
 }

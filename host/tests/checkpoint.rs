@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::max_relative_error;
+use common::{max_relative_error, test_device};
 use waypoint::model::checkpoint::{load, CheckpointError};
-use waypoint::model::{cpu_device, rows, BatchRequest, Model, PagedBatch, PagedKvCache};
+use waypoint::model::{rows, BatchRequest, Model, PagedBatch, PagedKvCache};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama")
@@ -22,7 +22,7 @@ struct Reference {
 
 #[test]
 fn the_transformers_checkpoint_reproduces_its_reference_logits() {
-    let device = cpu_device();
+    let device = test_device();
     let checkpoint = load(&fixture(), &device).expect("the fixture loads");
     assert_eq!(checkpoint.eos_token_id, Some(2));
     let reference: Reference =
@@ -77,7 +77,7 @@ fn edit_config(dir: &Path, from: &str, to: &str) {
 
 #[test]
 fn broken_checkpoints_fail_with_the_reason() {
-    let device = cpu_device();
+    let device = test_device();
     let missing = broken_copy("missing", |dir| {
         std::fs::remove_file(dir.join("tokenizer.json")).unwrap()
     });

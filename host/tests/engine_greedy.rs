@@ -2,6 +2,10 @@
 //! not change with prefix caching on or off, with tiny prefill chunks, or with so few KV blocks
 //! that requests are preempted and recomputed — natively and through a policy component.
 
+mod common;
+
+use common::test_device;
+
 use std::collections::BTreeMap;
 
 use waypoint::backend::NativeBackend;
@@ -9,7 +13,7 @@ use waypoint::builtin::builtin_policy;
 use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
-use waypoint::model::{cpu_device, encode_bytes, Model, ModelConfig, Weights};
+use waypoint::model::{encode_bytes, Model, ModelConfig, Weights};
 use waypoint_scheduler::{JourneyConfig, JourneyEventType, NewRequest, SchedulerConfig};
 
 fn prompts() -> Vec<(String, Vec<u32>)> {
@@ -46,7 +50,7 @@ fn base() -> SchedulerConfig {
 
 /// Greedy outputs by request id, and the number of preemptions seen.
 fn generate(engine_backend: &str, config: SchedulerConfig) -> (BTreeMap<String, Vec<u32>>, usize) {
-    let device = cpu_device();
+    let device = test_device();
     let model_config = ModelConfig::tiny();
     let model = Model::new(
         model_config,

@@ -3,14 +3,12 @@
 
 mod common;
 
-use common::max_relative_error;
-use waypoint::model::{
-    cpu_device, rows, BatchRequest, Model, ModelConfig, PagedBatch, PagedKvCache, Weights,
-};
+use common::{max_relative_error, test_device};
+use waypoint::model::{rows, BatchRequest, Model, ModelConfig, PagedBatch, PagedKvCache, Weights};
 
 #[test]
 fn paged_forward_over_a_mixed_batch_matches_the_dense_reference() {
-    let device = cpu_device();
+    let device = test_device();
     let config = ModelConfig::tiny();
     let model = Model::new(config, Weights::random(&config, 7, &device), device.clone());
     let block_size = 4;
@@ -80,7 +78,7 @@ fn paged_forward_over_a_mixed_batch_matches_the_dense_reference() {
 
 #[test]
 fn a_prefix_hit_reads_kv_another_request_wrote() {
-    let device = cpu_device();
+    let device = test_device();
     let config = ModelConfig::tiny();
     let model = Model::new(
         config,

@@ -7,11 +7,13 @@
 //! returns logits only for the rows that sample.
 
 pub mod checkpoint;
+mod device;
 mod layers;
 mod paged;
 pub mod sampling;
 mod weights;
 
+pub use device::{cpu_device, open as open_device, DeviceChoice, DeviceError};
 pub use paged::{BatchRequest, PagedBatch, PagedKvCache};
 pub use weights::Weights;
 
@@ -57,13 +59,57 @@ impl Vocabulary {
     }
 }
 
-/// The CPU device (burn's ndarray backend).
-///
-/// burn 0.22 marks ndarray deprecated in favour of its new `flex` CPU backend; ndarray is kept
-/// because it is the CPU backend this project specifies and was checked against wgpu here.
-#[allow(deprecated)]
-pub fn cpu_device() -> Device {
-    Device::ndarray()
+/// A model with its vocabulary, as `--model` names it.
+pub struct LoadedModel {
+    /// The model on its device.
+    pub model: Model,
+    /// How text maps to its tokens.
+    pub vocabulary: Vocabulary,
+    /// The token that ends a generation, if the model has one.
+    pub eos_token_id: Option<u32>,
+}
+
+/// Why `--model` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Neither `tiny` nor a directory.
+    #[error("unknown model {0:?}: use `tiny` or a Hugging Face checkpoint directory")]
+    Unknown(String),
+    /// The device would not open.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The checkpoint directory is unusable.
+    #[error("loading the checkpoint in {dir}: {source}")]
+    Checkpoint {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What is wrong with it.
+        source: checkpoint::CheckpointError,
+    },
+}
+
+/// Load `tiny` (seeded weights, byte tokens) or a local Hugging Face Llama checkpoint.
+pub fn load(name: &str, device: DeviceChoice) -> Result<LoadedModel, LoadError> {
+    let dir = std::path::PathBuf::from(name);
+    if name != "tiny" && !dir.is_dir() {
+        return Err(LoadError::Unknown(name.to_owned()));
+    }
+    let device = open_device(device)?;
+    if name == "tiny" {
+        let config = ModelConfig::tiny();
+        return Ok(LoadedModel {
+            model: Model::new(config, Weights::random(&config, 0, &device), device),
+            vocabulary: Vocabulary::Bytes,
+            eos_token_id: None,
+        });
+    }
+    let checkpoint =
+        checkpoint::load(&dir, &device).map_err(|source| LoadError::Checkpoint { dir, source })?;
+    Ok(LoadedModel {
+        model: Model::new(checkpoint.config, checkpoint.weights, device),
+        vocabulary: Vocabulary::Tokenizer(Box::new(checkpoint.tokenizer)),
+        eos_token_id: checkpoint.eos_token_id,
+    })
 }
 
 /// The shape of a Llama-family model.

@@ -1,5 +1,22 @@
 //! Helpers shared by the model tests.
 
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
+
+use burn::tensor::Device;
+use waypoint::model::{open_device, DeviceChoice};
+
+/// The device the model tests run on: the CPU, or a GPU through wgpu when
+/// `WAYPOINT_TEST_DEVICE=wgpu` (CI runs them both ways, the GPU on Mesa's lavapipe).
+pub fn test_device() -> Device {
+    let choice = match std::env::var("WAYPOINT_TEST_DEVICE").as_deref() {
+        Ok("wgpu") => DeviceChoice::Wgpu,
+        Ok("cpu") | Err(_) => DeviceChoice::Cpu,
+        Ok(other) => panic!("WAYPOINT_TEST_DEVICE={other:?}: use cpu or wgpu"),
+    };
+    open_device(choice).expect("the test device opens")
+}
+
 /// Largest absolute difference, relative to the largest expected magnitude.
 pub fn max_relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(

@@ -1,10 +1,13 @@
 //! The engine loop: a scheduler backend deciding every step, the model runner computing it over
 //! the paged KV cache, and sampled tokens flowing back.
 
+pub mod worker;
+
 use std::collections::HashMap;
 
 use waypoint_scheduler::{
     FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestId, ScheduledKind, SchedulerConfig,
+    SchedulerStats, StepEvent,
 };
 
 use crate::backend::{BackendError, SchedulerBackend};
@@ -31,10 +34,23 @@ pub struct Completion {
     pub finish_status: FinishStatus,
     /// When it arrived, produced its first token and finished (engine clock, ns).
     pub arrival_ns: u64,
+    /// When it was first scheduled, if it was.
+    pub first_scheduled_ns: Option<u64>,
     /// Time of its first token, if it produced one.
     pub first_token_ns: Option<u64>,
     /// Time it finished.
     pub finish_ns: u64,
+    /// Prompt tokens.
+    pub prompt_len: usize,
+}
+
+/// A token one request produced in a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewToken {
+    /// Request id.
+    pub id: RequestId,
+    /// The sampled token.
+    pub token_id: u32,
 }
 
 struct Running {
@@ -43,7 +59,23 @@ struct Running {
     block_table: Vec<u32>,
     sampling: SamplingParams,
     arrival_ns: u64,
+    first_scheduled_ns: Option<u64>,
     first_token_ns: Option<u64>,
+}
+
+impl Running {
+    fn complete(self, id: RequestId, finish_status: FinishStatus, finish_ns: u64) -> Completion {
+        Completion {
+            id,
+            token_ids: self.tokens[self.prompt_len..].to_vec(),
+            finish_status,
+            arrival_ns: self.arrival_ns,
+            first_scheduled_ns: self.first_scheduled_ns,
+            first_token_ns: self.first_token_ns,
+            finish_ns,
+            prompt_len: self.prompt_len,
+        }
+    }
 }
 
 /// The scheduler and the model runner, stepping together.
@@ -57,9 +89,26 @@ pub struct Engine {
 /// What one engine step produced.
 #[derive(Debug, Default)]
 pub struct StepResult {
+    /// Tokens sampled in this step, in batch order.
+    pub tokens: Vec<NewToken>,
+    /// When the step's tokens were produced (after the model ran).
+    pub tokens_ns: u64,
     /// Requests that finished in this step.
     pub finished: Vec<Completion>,
+    /// Requests preempted in this step.
+    pub preempted: Vec<RequestId>,
     /// Journey events of the step's scheduler calls.
+    pub journey_events: Vec<JourneyEvent>,
+    /// Step-tracing records of the step.
+    pub step_events: Vec<StepEvent>,
+}
+
+/// Requests finished from outside the step loop.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The requests, with what they had produced.
+    pub completions: Vec<Completion>,
+    /// Their FINISHED events.
     pub journey_events: Vec<JourneyEvent>,
 }
 
@@ -98,6 +147,7 @@ impl Engine {
             block_table: Vec::new(),
             sampling: request.sampling,
             arrival_ns: now_ns,
+            first_scheduled_ns: None,
             first_token_ns: None,
         };
         let events = self.backend.add_request(request.request, now_ns)?;
@@ -114,11 +164,13 @@ impl Engine {
         let output = self.backend.schedule(now_ns)?;
         let mut result = StepResult {
             journey_events: output.journey_events.clone(),
+            step_events: output.step_events.clone(),
             ..StepResult::default()
         };
         for preempted in &output.preempted {
             if let Some(running) = self.requests.get_mut(&preempted.id) {
                 running.block_table.clear();
+                result.preempted.push(preempted.id.clone());
             }
         }
         let mut batch = PagedBatch::default();
@@ -126,6 +178,7 @@ impl Engine {
             let Some(running) = self.requests.get_mut(&entry.request_id) else {
                 continue;
             };
+            running.first_scheduled_ns.get_or_insert(now_ns);
             match entry.kind {
                 ScheduledKind::New | ScheduledKind::Resumed => {
                     running.block_table = entry.block_ids.clone()
@@ -161,6 +214,7 @@ impl Engine {
             })
             .collect();
         let now = clock();
+        result.tokens_ns = now;
         let engine = self.backend.update_from_output(
             &ModelOutput {
                 sampled_token_ids: sampled,
@@ -176,19 +230,67 @@ impl Engine {
             };
             running.tokens.push(out.token_id);
             running.first_token_ns.get_or_insert(now);
+            result.tokens.push(NewToken {
+                id: out.request_id.clone(),
+                token_id: out.token_id,
+            });
             if let Some(status) = out.finish_status {
                 if let Some(done) = self.requests.remove(&out.request_id) {
-                    result.finished.push(Completion {
-                        id: out.request_id,
-                        token_ids: done.tokens[done.prompt_len..].to_vec(),
-                        finish_status: status,
-                        arrival_ns: done.arrival_ns,
-                        first_token_ns: done.first_token_ns,
-                        finish_ns: now,
-                    });
+                    result
+                        .finished
+                        .push(done.complete(out.request_id, status, now));
                 }
             }
         }
         Ok(result)
+    }
+
+    /// Finish requests from outside the step loop (client gone, stop string seen, ...).
+    /// Unknown ids are skipped.
+    pub fn finish(
+        &mut self,
+        ids: &[RequestId],
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> Result<Finished, BackendError> {
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| self.requests.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Finished::default());
+        }
+        let outcome = self.backend.finish_requests(&ids, status, now_ns)?;
+        let completions = outcome
+            .finished_ids
+            .into_iter()
+            .filter_map(|id| {
+                let running = self.requests.remove(&id)?;
+                Some(running.complete(id, status, now_ns))
+            })
+            .collect();
+        Ok(Finished {
+            completions,
+            journey_events: outcome.journey_events,
+        })
+    }
+
+    /// After a fault: a fresh scheduler of the same configuration. Every request it held is
+    /// lost; their ids are returned so that the caller can fail them.
+    pub fn reload(&mut self) -> Result<Vec<RequestId>, BackendError> {
+        let lost = self.requests.drain().map(|(id, _)| id).collect();
+        self.backend.reload()?;
+        Ok(lost)
+    }
+
+    /// The scheduler's load and cache statistics.
+    pub fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
+        self.backend.stats(now_ns)
+    }
+
+    /// Close the scheduler's open step-tracing window.
+    pub fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
+        self.backend.shutdown(now_ns)
     }
 }

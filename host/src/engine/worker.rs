@@ -1,0 +1,505 @@
+//! The engine thread: owns the engine, takes submissions and aborts over a channel, steps while
+//! work exists and sleeps when there is none, and streams each request's text back.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use opentelemetry::Context;
+use tokio::sync::mpsc::UnboundedSender;
+use waypoint_scheduler::{FinishStatus, JourneyEvent, RequestId};
+
+use super::{Completion, Engine, EngineRequest, Finished};
+use crate::backend::BackendError;
+use crate::model::Vocabulary;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::CoreSpans;
+use crate::telemetry::Clock;
+
+/// A request for the engine thread.
+pub struct Submission {
+    /// The request.
+    pub request: EngineRequest,
+    /// Strings that end the output (not included in it).
+    pub stop: Vec<String>,
+    /// The `llm_request` span's context when the request's journey is traced.
+    pub trace_parent: Option<Context>,
+    /// Where its events go.
+    pub events: UnboundedSender<StreamEvent>,
+}
+
+/// Why the engine refused a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request is invalid (duplicate id, prompt too long, ...).
+    Invalid(String),
+    /// The scheduler is being reloaded after a fault.
+    Unavailable(String),
+}
+
+/// OpenAI's reason a request finished.
+pub fn finish_reason(status: FinishStatus) -> &'static str {
+    match status {
+        FinishStatus::Stopped => "stop",
+        FinishStatus::LengthCapped | FinishStatus::Ignored => "length",
+        FinishStatus::Aborted => "abort",
+        FinishStatus::Error => "error",
+    }
+}
+
+/// What the engine thread tells the request's HTTP handler.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// The scheduler took the request.
+    Accepted {
+        /// When (server clock, ns).
+        at_ns: u64,
+    },
+    /// The scheduler refused it; nothing of it remains.
+    Rejected(Rejection),
+    /// New text and the tokens that produced it. The text can be empty while a partial
+    /// character or a possible stop string is held back.
+    Delta {
+        /// Text.
+        text: String,
+        /// Tokens.
+        token_ids: Vec<u32>,
+        /// When they were produced.
+        at_ns: u64,
+    },
+    /// The request finished; any held-back text came in the last delta.
+    Finished(Box<Completion>),
+    /// The scheduler failed while it held the request.
+    Failed {
+        /// What happened.
+        error: String,
+    },
+}
+
+enum Command {
+    Submit(Box<Submission>),
+    Abort(RequestId),
+}
+
+/// The HTTP side's handle on the engine thread.
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    reloading: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The engine thread has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine thread has stopped")]
+pub struct EngineStopped;
+
+impl EngineHandle {
+    /// Hand a request to the engine; its events arrive on `submission.events`.
+    pub fn submit(&self, submission: Submission) -> Result<(), EngineStopped> {
+        self.commands
+            .send(Command::Submit(Box::new(submission)))
+            .map_err(|_| EngineStopped)
+    }
+
+    /// Abort a request (its client went away). Unknown or finished ids are ignored.
+    pub fn abort(&self, id: RequestId) {
+        // A stopped engine holds no requests.
+        let _ = self.commands.send(Command::Abort(id));
+    }
+
+    /// Whether the scheduler is being reloaded after a fault.
+    pub fn is_reloading(&self) -> bool {
+        self.reloading.load(Ordering::Relaxed)
+    }
+
+    /// Stop the thread once its requests are done, and wait for it.
+    pub fn join(mut self) {
+        let (dummy, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, dummy));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the engine thread needs besides the engine.
+pub struct WorkerParts {
+    /// How the model's tokens become text.
+    pub vocabulary: Arc<Vocabulary>,
+    /// The server's clock.
+    pub clock: Clock,
+    /// Gauges and counters it keeps current.
+    pub metrics: Arc<Metrics>,
+    /// Journey and step spans, when traces are exported.
+    pub spans: Option<CoreSpans>,
+    /// The canonical journey log, when one is written.
+    pub journey_log: Option<Box<dyn Write + Send>>,
+}
+
+/// Start the engine thread.
+pub fn spawn(engine: Engine, parts: WorkerParts) -> std::io::Result<EngineHandle> {
+    let (commands, receiver) = mpsc::channel();
+    let reloading = Arc::new(AtomicBool::new(false));
+    let mut worker = Worker {
+        engine,
+        parts,
+        streams: HashMap::new(),
+        reloading: reloading.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("waypoint-engine".into())
+        .spawn(move || worker.run(&receiver))?;
+    Ok(EngineHandle {
+        commands,
+        reloading,
+        thread: Some(thread),
+    })
+}
+
+/// Incremental text of one request: holds back a partial UTF-8 character and any tail that
+/// could begin a stop string, and cuts the text at the first stop string.
+struct TextStream {
+    tokens: Vec<u32>,
+    emitted: usize,
+    stop: Vec<String>,
+    stopped: bool,
+}
+
+impl TextStream {
+    fn new(stop: Vec<String>) -> Self {
+        Self {
+            tokens: Vec::new(),
+            emitted: 0,
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            stopped: false,
+        }
+    }
+
+    /// Add a token: the text that can be sent now, and whether a stop string appeared.
+    fn push(&mut self, vocabulary: &Vocabulary, token: u32) -> String {
+        self.tokens.push(token);
+        if self.stopped {
+            return String::new();
+        }
+        let text = vocabulary.decode(&self.tokens);
+        if let Some(at) = self.first_stop(&text) {
+            self.stopped = true;
+            return self.take(&text, at);
+        }
+        let complete = text.trim_end_matches('\u{FFFD}');
+        let held = self
+            .stop
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len())
+                    .filter(|&k| stop.is_char_boundary(k) && complete.ends_with(&stop[..k]))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0);
+        self.take(&text, complete.len() - held)
+    }
+
+    /// The rest of the text once the request finished.
+    fn finish(&mut self, vocabulary: &Vocabulary) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let text = vocabulary.decode(&self.tokens);
+        let end = self.first_stop(&text).unwrap_or(text.len());
+        self.take(&text, end)
+    }
+
+    fn first_stop(&self, text: &str) -> Option<usize> {
+        self.stop
+            .iter()
+            .filter_map(|stop| text.find(stop.as_str()))
+            .min()
+    }
+
+    fn take(&mut self, text: &str, end: usize) -> String {
+        match text.get(self.emitted..end) {
+            Some(delta) => {
+                self.emitted = end;
+                delta.to_owned()
+            }
+            None => String::new(),
+        }
+    }
+}
+
+struct Stream {
+    events: UnboundedSender<StreamEvent>,
+    text: TextStream,
+}
+
+struct Worker {
+    engine: Engine,
+    parts: WorkerParts,
+    streams: HashMap<RequestId, Stream>,
+    reloading: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(&mut self, commands: &mpsc::Receiver<Command>) {
+        loop {
+            if self.engine.num_unfinished() == 0 {
+                self.idle();
+                match commands.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(mpsc::RecvError) => break,
+                }
+            }
+            while let Ok(command) = commands.try_recv() {
+                self.handle(command);
+            }
+            if self.engine.num_unfinished() > 0 {
+                self.step();
+            }
+        }
+        let now = self.parts.clock.now_ns();
+        if let Ok(events) = self.engine.shutdown(now) {
+            if let Some(spans) = self.parts.spans.as_mut() {
+                spans.steps(&events, now);
+            }
+        }
+        self.flush_log();
+    }
+
+    fn idle(&mut self) {
+        self.flush_log();
+        let now = self.parts.clock.now_ns();
+        if let Ok(stats) = self.engine.stats(now) {
+            self.parts.metrics.scheduler_stats(&stats);
+        }
+    }
+
+    fn flush_log(&mut self) {
+        if let Some(log) = self.parts.journey_log.as_mut() {
+            if let Err(error) = log.flush() {
+                eprintln!("waypoint: writing the journey log: {error}");
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(submission) => self.submit(*submission),
+            Command::Abort(id) => {
+                if self.streams.remove(&id).is_some() {
+                    let now = self.parts.clock.now_ns();
+                    match self.engine.finish(&[id], FinishStatus::Aborted, now) {
+                        Ok(finished) => self.journey(&finished.journey_events),
+                        Err(error) => self.fault(&error),
+                    }
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, submission: Submission) {
+        let Submission {
+            request,
+            stop,
+            trace_parent,
+            events,
+        } = submission;
+        if self.reloading.load(Ordering::Relaxed) && !self.reload() {
+            let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(
+                "the scheduler is being reloaded after a fault".into(),
+            )));
+            return;
+        }
+        let id: RequestId = request.request.id.as_str().into();
+        let now = self.parts.clock.now_ns();
+        match self.engine.add(request, now) {
+            Ok(journey) => {
+                if let (Some(spans), Some(parent)) = (self.parts.spans.as_mut(), &trace_parent) {
+                    spans.open(&id, parent, now);
+                }
+                self.journey(&journey);
+                let _ = events.send(StreamEvent::Accepted { at_ns: now });
+                self.streams.insert(
+                    id,
+                    Stream {
+                        events,
+                        text: TextStream::new(stop),
+                    },
+                );
+            }
+            Err(BackendError::Request(error)) => {
+                let _ = events.send(StreamEvent::Rejected(Rejection::Invalid(error.to_string())));
+            }
+            Err(error) => {
+                let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(
+                    error.to_string(),
+                )));
+                self.fault(&error);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let clock = self.parts.clock;
+        let result = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
+            Ok(result) => result,
+            Err(error) => return self.fault(&error),
+        };
+        self.journey(&result.journey_events);
+        if let Some(spans) = self.parts.spans.as_mut() {
+            spans.steps(&result.step_events, result.tokens_ns);
+        }
+        let mut stopped = Vec::new();
+        for token in &result.tokens {
+            let Some(stream) = self.streams.get_mut(&token.id) else {
+                continue;
+            };
+            let was_stopped = stream.text.stopped;
+            let text = stream.text.push(&self.parts.vocabulary, token.token_id);
+            if stream.text.stopped && !was_stopped {
+                stopped.push(token.id.clone());
+            }
+            let _ = stream.events.send(StreamEvent::Delta {
+                text,
+                token_ids: vec![token.token_id],
+                at_ns: result.tokens_ns,
+            });
+        }
+        for completion in result.finished {
+            self.complete(completion);
+        }
+        stopped.retain(|id| self.streams.contains_key(id));
+        if !stopped.is_empty() {
+            match self
+                .engine
+                .finish(&stopped, FinishStatus::Stopped, clock.now_ns())
+            {
+                Ok(Finished {
+                    completions,
+                    journey_events,
+                }) => {
+                    self.journey(&journey_events);
+                    for completion in completions {
+                        self.complete(completion);
+                    }
+                }
+                Err(error) => return self.fault(&error),
+            }
+        }
+        match self.engine.stats(clock.now_ns()) {
+            Ok(stats) => self.parts.metrics.scheduler_stats(&stats),
+            Err(error) => self.fault(&error),
+        }
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        let Some(mut stream) = self.streams.remove(&completion.id) else {
+            return;
+        };
+        let rest = stream.text.finish(&self.parts.vocabulary);
+        if !rest.is_empty() {
+            let _ = stream.events.send(StreamEvent::Delta {
+                text: rest,
+                token_ids: Vec::new(),
+                at_ns: completion.finish_ns,
+            });
+        }
+        let _ = stream
+            .events
+            .send(StreamEvent::Finished(Box::new(completion)));
+    }
+
+    fn journey(&mut self, events: &[JourneyEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(spans) = self.parts.spans.as_mut() {
+            spans.journey(events);
+        }
+        if let Some(log) = self.parts.journey_log.as_mut() {
+            for event in events {
+                if let Err(error) = writeln!(log, "{}", event.to_json_line()) {
+                    eprintln!("waypoint: writing the journey log: {error}");
+                    self.parts.journey_log = None;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The scheduler failed: fail every request it held, then reload it.
+    fn fault(&mut self, error: &BackendError) {
+        eprintln!("waypoint: scheduler fault: {error}; reloading it");
+        self.reloading.store(true, Ordering::Relaxed);
+        let message = format!("the scheduler failed: {error}");
+        let now = self.parts.clock.now_ns();
+        for (id, stream) in self.streams.drain() {
+            if let Some(spans) = self.parts.spans.as_mut() {
+                spans.fail(&id, &message, now);
+            }
+            let _ = stream.events.send(StreamEvent::Failed {
+                error: message.clone(),
+            });
+        }
+        self.reload();
+    }
+
+    /// Reload the scheduler; whether it is usable again.
+    fn reload(&mut self) -> bool {
+        match self.engine.reload() {
+            Ok(lost) => {
+                let now = self.parts.clock.now_ns();
+                if let Some(spans) = self.parts.spans.as_mut() {
+                    for id in &lost {
+                        spans.fail(id, "the scheduler was reloaded", now);
+                    }
+                }
+                self.reloading.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                eprintln!("waypoint: reloading the scheduler failed: {error}");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(stop: &[&str], text: &str) -> (Vec<String>, bool) {
+        let mut stream = TextStream::new(stop.iter().map(|s| s.to_string()).collect());
+        let mut deltas: Vec<String> = text
+            .bytes()
+            .map(|b| stream.push(&Vocabulary::Bytes, u32::from(b)))
+            .collect();
+        deltas.push(stream.finish(&Vocabulary::Bytes));
+        (deltas, stream.stopped)
+    }
+
+    #[test]
+    fn text_is_cut_before_the_first_stop_string() {
+        let (deltas, stopped) = stream(&["STOP", "xyz"], "hello STOP world");
+        assert!(stopped);
+        assert_eq!(deltas.concat(), "hello ");
+    }
+
+    #[test]
+    fn a_possible_stop_prefix_is_held_back_then_released() {
+        let (deltas, stopped) = stream(&["STOP"], "a STAR");
+        assert!(!stopped);
+        assert_eq!(deltas.concat(), "a STAR");
+        assert_eq!(deltas[3], "", "'ST' could begin STOP");
+    }
+
+    #[test]
+    fn partial_utf8_characters_are_never_sent() {
+        let (deltas, _) = stream(&[], "né✓");
+        assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')));
+        assert_eq!(deltas.concat(), "né✓");
+    }
+}

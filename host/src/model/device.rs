@@ -1,0 +1,54 @@
+//! Which burn device the model runs on: the CPU (ndarray) or a GPU through wgpu.
+
+use burn::tensor::Device;
+
+/// The `--device` choices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// The CPU, through burn's ndarray backend.
+    #[default]
+    Cpu,
+    /// The default GPU adapter wgpu finds (Vulkan, Metal or DX12).
+    Wgpu,
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The binary was built without the `wgpu` cargo feature.
+    #[error("this waypoint was built without GPU support: rebuild with `--features wgpu`")]
+    WgpuNotBuilt,
+    /// wgpu found no usable adapter.
+    #[error("wgpu found no usable GPU adapter ({0}); on Linux without a GPU, Mesa's lavapipe (Debian `mesa-vulkan-drivers`) provides one")]
+    NoAdapter(String),
+}
+
+/// Open the chosen device. A GPU is initialised here, so a missing adapter is an error now
+/// rather than a panic at the first tensor.
+pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(cpu_device()),
+        DeviceChoice::Wgpu => open_wgpu(),
+    }
+}
+
+/// The CPU device (burn's ndarray backend).
+///
+/// burn 0.22 marks ndarray deprecated in favour of its new `flex` CPU backend; ndarray is kept
+/// because it is the CPU backend this project specifies and was checked against wgpu here.
+#[allow(deprecated)]
+pub fn cpu_device() -> Device {
+    Device::ndarray()
+}
+
+#[cfg(feature = "wgpu")]
+fn open_wgpu() -> Result<Device, DeviceError> {
+    Device::wgpu_options()
+        .init()
+        .map_err(|e| DeviceError::NoAdapter(e.to_string()))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn open_wgpu() -> Result<Device, DeviceError> {
+    Err(DeviceError::WgpuNotBuilt)
+}

@@ -1,0 +1,154 @@
+//! The OpenAI-compatible HTTP server: routes, shared state, authentication and the body limit.
+
+mod error;
+mod generate;
+pub mod protocol;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use error::ApiError;
+
+use crate::engine::worker::EngineHandle;
+use crate::model::Vocabulary;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::Tracing;
+use crate::telemetry::Clock;
+use crate::workload::Rng;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine thread.
+    pub engine: EngineHandle,
+    /// Text to tokens and back.
+    pub vocabulary: Arc<Vocabulary>,
+    /// The name clients use for the model.
+    pub model_name: String,
+    /// Longest sequence (prompt and output).
+    pub max_model_len: u32,
+    /// Vocabulary size, to check token-id prompts.
+    pub vocab_size: usize,
+    /// The model's end-of-sequence token.
+    pub eos_token_id: Option<u32>,
+    /// The key clients must send as `Authorization: Bearer <key>`, if any.
+    pub api_key: Option<String>,
+    /// The server's clock.
+    pub clock: Clock,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// OTLP span export, when configured.
+    pub tracing: Option<Arc<Tracing>>,
+    /// Fraction of requests whose journey is recorded (0 when journey tracing is off).
+    pub journey_sample_rate: f64,
+    /// Draws for sampling decisions, seeds and ids.
+    pub rng: Mutex<Rng>,
+    /// Makes response ids unique.
+    pub next_id: AtomicU64,
+    /// When the server started (seconds since the epoch), for `/v1/models`.
+    pub created: u64,
+}
+
+impl AppState {
+    fn random(&self) -> u64 {
+        self.rng.lock().map(|mut rng| rng.next_u64()).unwrap_or(0)
+    }
+
+    /// Decide once whether a request's journey is recorded.
+    fn sample_journey(&self) -> bool {
+        let draw = (self.random() >> 11) as f64 / (1u64 << 53) as f64;
+        draw < self.journey_sample_rate
+    }
+
+    fn response_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:016x}{n:08x}", self.random())
+    }
+
+    fn created_now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent == Some(key.as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key: send `Authorization: Bearer <key>`",
+            ))
+        }
+    }
+}
+
+/// The server's routes.
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/completions", post(generate::completions))
+        .route("/v1/chat/completions", post(generate::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(error) = app.authorize(&headers) {
+        return error.into_response();
+    }
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": app.model_name,
+            "object": "model",
+            "created": app.created,
+            "owned_by": "waypoint",
+            "root": app.model_name,
+            "max_model_len": app.max_model_len,
+        }],
+    }))
+    .into_response()
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    if app.engine.is_reloading() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduler is being reloaded",
+        )
+        .into_response()
+    } else {
+        StatusCode::OK.into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}

@@ -1,0 +1,164 @@
+//! The OpenAI-compatible request and response bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// A string or a list of strings (`stop`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// A completions prompt: text, token ids, or a batch of one of either.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+    /// Texts (one is served).
+    Texts(Vec<String>),
+    /// Lists of token ids (one is served).
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `stream_options`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and stopping fields both endpoints share (vLLM's extensions included).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Sampling {
+    /// Most tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// The chat name of `max_tokens`.
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature (0: greedy). OpenAI's default is 1.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens (0 or -1: all).
+    pub top_k: Option<i64>,
+    /// Seed of the request's sampler.
+    pub seed: Option<u64>,
+    /// Strings that end the output.
+    pub stop: Option<OneOrMany>,
+    /// Tokens that end the output.
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+    /// Do not stop at the end-of-sequence token.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Stop conditions do not apply before this many tokens.
+    #[serde(default)]
+    pub min_tokens: u32,
+    /// Completions per prompt (only 1).
+    pub n: Option<u32>,
+    /// Stream server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Stream settings.
+    pub stream_options: Option<StreamOptions>,
+    /// Priority for the priority policy (lower first).
+    #[serde(default)]
+    pub priority: i32,
+    /// Log probabilities are not supported; asking for them is an error.
+    pub logprobs: Option<serde_json::Value>,
+    /// Echoing the prompt is not supported.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+/// `POST /v1/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CompletionRequest {
+    /// The served model's name.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Sampling and stopping.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// A chat message's content: text or text parts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Text.
+    Text(String),
+    /// Parts; only text parts are supported.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ContentPart {
+    /// Must be `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text.
+    #[serde(default)]
+    pub text: String,
+}
+
+/// A chat message.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Message {
+    /// system, user, assistant, ...
+    pub role: String,
+    /// What it says.
+    pub content: Option<Content>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChatRequest {
+    /// The served model's name.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Sampling and stopping.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// Token counts.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Usage of a request.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}

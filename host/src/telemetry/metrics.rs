@@ -1,0 +1,273 @@
+//! The Prometheus metrics of `/metrics`, under vLLM's names and buckets so that existing vLLM
+//! dashboards work unchanged.
+
+use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use waypoint_scheduler::SchedulerStats;
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const REQUEST_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+
+fn histogram(buckets: &'static [f64]) -> Histogram {
+    Histogram::new(buckets.iter().copied())
+}
+
+/// One request's phases, in seconds, recorded when it finishes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestTimes {
+    /// Arrival to finish.
+    pub e2e: f64,
+    /// Queued to first scheduled.
+    pub queue: Option<f64>,
+    /// First scheduled to first token.
+    pub prefill: Option<f64>,
+    /// First token to finish.
+    pub decode: Option<f64>,
+    /// First scheduled to finish.
+    pub inference: Option<f64>,
+}
+
+/// The last cumulative scheduler counters seen, to turn them into counter increments.
+#[derive(Default)]
+struct SeenTotals {
+    preemptions: u64,
+    prefix_queries: u64,
+    prefix_hits: u64,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    time_to_first_token: Histogram,
+    inter_token_latency: Histogram,
+    e2e_request_latency: Histogram,
+    request_queue_time: Histogram,
+    request_prefill_time: Histogram,
+    request_decode_time: Histogram,
+    request_inference_time: Histogram,
+    num_preemptions: Counter,
+    num_requests_running: Gauge,
+    num_requests_waiting: Gauge,
+    kv_cache_usage_perc: Gauge<f64, AtomicU64>,
+    prefix_cache_queries: Counter,
+    prefix_cache_hits: Counter,
+    prompt_tokens: Counter,
+    generation_tokens: Counter,
+    request_success: Family<Vec<(String, String)>, Counter>,
+    seen: Mutex<SeenTotals>,
+}
+
+impl Metrics {
+    /// The metrics of a server that serves `model_name` (a label on every series, as in vLLM).
+    pub fn new(model_name: &str) -> Self {
+        let mut registry = Registry::with_labels(
+            [(
+                Cow::Borrowed("model_name"),
+                Cow::Owned(model_name.to_owned()),
+            )]
+            .into_iter(),
+        );
+        let metrics = Self {
+            time_to_first_token: histogram(TTFT_BUCKETS),
+            inter_token_latency: histogram(ITL_BUCKETS),
+            e2e_request_latency: histogram(REQUEST_BUCKETS),
+            request_queue_time: histogram(REQUEST_BUCKETS),
+            request_prefill_time: histogram(REQUEST_BUCKETS),
+            request_decode_time: histogram(REQUEST_BUCKETS),
+            request_inference_time: histogram(REQUEST_BUCKETS),
+            num_preemptions: Counter::default(),
+            num_requests_running: Gauge::default(),
+            num_requests_waiting: Gauge::default(),
+            kv_cache_usage_perc: Gauge::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            request_success: Family::default(),
+            seen: Mutex::new(SeenTotals::default()),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            metrics.time_to_first_token.clone(),
+        );
+        r.register(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            metrics.inter_token_latency.clone(),
+        );
+        r.register(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of end-to-end request latency in seconds.",
+            metrics.e2e_request_latency.clone(),
+        );
+        r.register(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent waiting in the queue in seconds.",
+            metrics.request_queue_time.clone(),
+        );
+        r.register(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in prefill in seconds.",
+            metrics.request_prefill_time.clone(),
+        );
+        r.register(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in decode in seconds.",
+            metrics.request_decode_time.clone(),
+        );
+        r.register(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent running (scheduled to finished) in seconds.",
+            metrics.request_inference_time.clone(),
+        );
+        r.register(
+            "vllm:num_preemptions",
+            "Cumulative number of preemptions from the engine.",
+            metrics.num_preemptions.clone(),
+        );
+        r.register(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            metrics.num_requests_running.clone(),
+        );
+        r.register(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            metrics.num_requests_waiting.clone(),
+        );
+        r.register(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            metrics.kv_cache_usage_perc.clone(),
+        );
+        r.register(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            metrics.prefix_cache_queries.clone(),
+        );
+        r.register(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            metrics.prefix_cache_hits.clone(),
+        );
+        r.register(
+            "vllm:prompt_tokens",
+            "Number of prefill tokens processed.",
+            metrics.prompt_tokens.clone(),
+        );
+        r.register(
+            "vllm:generation_tokens",
+            "Number of generation tokens processed.",
+            metrics.generation_tokens.clone(),
+        );
+        r.register(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            metrics.request_success.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// A request's first token came `seconds` after it arrived.
+    pub fn first_token(&self, seconds: f64) {
+        self.time_to_first_token.observe(seconds);
+    }
+
+    /// A request produced a token `seconds` after its previous one.
+    pub fn inter_token(&self, seconds: f64) {
+        self.inter_token_latency.observe(seconds);
+    }
+
+    /// A request finished normally (`finished_reason` is OpenAI's: stop, length, abort).
+    pub fn request_finished(
+        &self,
+        finished_reason: &str,
+        times: RequestTimes,
+        prompt_tokens: u64,
+        generation_tokens: u64,
+    ) {
+        self.e2e_request_latency.observe(times.e2e);
+        let phases = [
+            (&self.request_queue_time, times.queue),
+            (&self.request_prefill_time, times.prefill),
+            (&self.request_decode_time, times.decode),
+            (&self.request_inference_time, times.inference),
+        ];
+        for (histogram, value) in phases {
+            if let Some(value) = value {
+                histogram.observe(value);
+            }
+        }
+        self.prompt_tokens.inc_by(prompt_tokens);
+        self.generation_tokens.inc_by(generation_tokens);
+        self.request_success
+            .get_or_create(&vec![(
+                "finished_reason".to_owned(),
+                finished_reason.to_owned(),
+            )])
+            .inc();
+    }
+
+    /// The scheduler's current load, cache use and cumulative counters.
+    pub fn scheduler_stats(&self, stats: &SchedulerStats) {
+        self.num_requests_running.set(i64::from(stats.num_running));
+        self.num_requests_waiting.set(i64::from(stats.num_waiting));
+        self.kv_cache_usage_perc.set(stats.kv_cache_usage);
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let advance = |counter: &Counter, last: &mut u64, now: u64| {
+            // A reloaded scheduler starts its totals again from zero.
+            counter.inc_by(now.saturating_sub(*last));
+            *last = now;
+        };
+        advance(
+            &self.num_preemptions,
+            &mut seen.preemptions,
+            stats.num_preemptions_total,
+        );
+        let prefix = &stats.prefix_cache;
+        advance(
+            &self.prefix_cache_queries,
+            &mut seen.prefix_queries,
+            prefix.queries + prefix.preempted_queries,
+        );
+        advance(
+            &self.prefix_cache_hits,
+            &mut seen.prefix_hits,
+            prefix.hits + prefix.preempted_hits,
+        );
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
