@@ -41,11 +41,14 @@ pub fn cpu_device() -> Device {
     Device::ndarray()
 }
 
+/// wgpu's runtime can be initialised once per process; later calls share the device.
 #[cfg(feature = "wgpu")]
 fn open_wgpu() -> Result<Device, DeviceError> {
-    Device::wgpu_options()
-        .init()
-        .map_err(|e| DeviceError::NoAdapter(e.to_string()))
+    static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(DeviceError::NoAdapter)
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -562,13 +562,14 @@ async fn serve(
         Some(StreamEvent::Accepted { at_ns }) => flight.span.event("api.HANDOFF_TO_CORE", at_ns),
         Some(StreamEvent::Rejected(rejection)) => {
             flight.guard.finished = true;
-            let error = match rejection {
-                Rejection::Invalid(message) => ApiError::invalid(message),
-                Rejection::Unavailable(message) => {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-                }
+            let (reason, error) = match rejection {
+                Rejection::Invalid(message) => ("validation_error", ApiError::invalid(message)),
+                Rejection::Unavailable(message) => (
+                    "unavailable",
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+                ),
             };
-            return refuse(&mut flight.span, &app, "validation_error", error);
+            return refuse(&mut flight.span, &app, reason, error);
         }
         _ => {
             flight.guard.finished = true;

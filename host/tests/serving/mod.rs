@@ -1,0 +1,208 @@
+//! Helpers of the `waypoint serve` tests: the real binary on a free port, and an OTLP/HTTP
+//! receiver that decodes real OTLP protobuf.
+
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `waypoint serve`; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Server {
+    /// Start `waypoint serve` with `args` and `env`, and wait until `/health` answers.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_waypoint"))
+            .args(["serve", "--port", &port.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("waypoint serve starts");
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("waypoint serve exited with {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("waypoint serve did not start listening on port {port}");
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Stop with SIGTERM (a graceful shutdown that flushes spans) and wait.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A span as received, with the service that sent it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// `service.name` of its resource.
+    pub service: String,
+    /// The span.
+    pub span: Span,
+}
+
+/// An OTLP/HTTP trace receiver on loopback.
+pub struct Receiver {
+    /// Its endpoint (`http://127.0.0.1:<port>`).
+    pub endpoint: String,
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+fn string_value(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// The value of a span or event attribute, as text.
+pub fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        Some(match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            Value::DoubleValue(d) => d.to_string(),
+            Value::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+    })
+}
+
+impl Receiver {
+    /// Start receiving on `runtime`.
+    pub fn start(runtime: &tokio::runtime::Runtime) -> Self {
+        let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let sink = spans.clone();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("receiver port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let request = ExportTraceServiceRequest::decode(body)
+                        .expect("the body is an OTLP ExportTraceServiceRequest");
+                    let mut sink = sink.lock().expect("receiver lock");
+                    for resource in request.resource_spans {
+                        let service = resource
+                            .resource
+                            .as_ref()
+                            .and_then(|r| string_value(&r.attributes, "service.name"))
+                            .unwrap_or_default();
+                        for scope in resource.scope_spans {
+                            for span in scope.spans {
+                                sink.push(Received {
+                                    service: service.clone(),
+                                    span,
+                                });
+                            }
+                        }
+                    }
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        );
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, spans }
+    }
+
+    /// The spans received so far from `service`.
+    pub fn spans(&self, service: &str) -> Vec<Span> {
+        self.spans
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| r.span.clone())
+            .collect()
+    }
+
+    /// Wait until `done` holds for `service`'s spans (or 30 s pass), and return them.
+    pub fn wait_for(&self, service: &str, done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans = self.spans(service);
+            if done(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Spans named `name`.
+pub fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name).collect()
+}

@@ -1,0 +1,202 @@
+"""`waypoint serve` against the peers its users run: the official `openai` Python client, and a
+real Prometheus server that scrapes `/metrics`.
+
+Usage: python3 tests/peers/check_peers.py --waypoint PATH/TO/waypoint
+Needs: `pip install openai`, and the `prometheus` binary (Debian package `prometheus`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+import openai
+
+API_KEY = "peer-test-key"
+WAYPOINT = None
+SERVER = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listened on port {port}")
+
+
+class Server:
+    def __init__(self):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [WAYPOINT, "serve", "--port", str(self.port), "--api-key", API_KEY,
+             "--max-model-len", "512"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def client(key=API_KEY):
+    return openai.OpenAI(base_url=SERVER.base + "/v1", api_key=key, max_retries=0)
+
+
+class OpenAIClient(unittest.TestCase):
+    def test_models_lists_the_served_model(self):
+        self.assertEqual([m.id for m in client().models.list().data], ["tiny"])
+
+    def test_completion_counts_its_tokens(self):
+        prompt = "The scheduler hands out blocks"
+        reply = client().completions.create(model="tiny", prompt=prompt, max_tokens=8,
+                                            temperature=0, extra_body={"ignore_eos": True})
+        self.assertEqual(reply.object, "text_completion")
+        self.assertEqual(reply.choices[0].finish_reason, "length")
+        self.assertEqual(reply.usage.prompt_tokens, len(prompt.encode()))
+        self.assertEqual(reply.usage.completion_tokens, 8)
+        self.assertEqual(reply.usage.total_tokens, len(prompt.encode()) + 8)
+
+    def test_streamed_completion_equals_the_whole_one_and_ends_with_usage(self):
+        args = dict(model="tiny", prompt="Paged attention", max_tokens=12, temperature=0)
+        whole = client().completions.create(**args).choices[0].text
+        chunks = list(client().completions.create(
+            stream=True, stream_options={"include_usage": True}, **args))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        self.assertEqual(text, whole)
+        self.assertEqual([c.choices[0].finish_reason for c in chunks if c.choices][-1], "length")
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 12)
+
+    def test_chat_streaming_and_not(self):
+        args = dict(model="tiny", messages=[{"role": "system", "content": "Be brief."},
+                                            {"role": "user", "content": "What is a KV cache?"}],
+                    max_tokens=10, temperature=0)
+        whole = client().chat.completions.create(**args)
+        self.assertEqual(whole.object, "chat.completion")
+        self.assertEqual(whole.choices[0].message.role, "assistant")
+        self.assertEqual(whole.usage.completion_tokens, 10)
+        chunks = list(client().chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **args))
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, whole.choices[0].message.content)
+        self.assertEqual(chunks[-1].usage.prompt_tokens, whole.usage.prompt_tokens)
+
+    def test_stop_strings_cut_the_output(self):
+        args = dict(model="tiny", prompt="Stop strings", max_tokens=24, temperature=0)
+        text = client().completions.create(**args).choices[0].text
+        start = next(i for i in range(2, len(text) - 1)
+                     if "\ufffd" not in text[i:i + 2])
+        stop = text[start:start + 2]
+        for stream in (False, True):
+            if stream:
+                chunks = list(client().completions.create(stop=[stop], stream=True, **args))
+                cut = "".join(c.choices[0].text for c in chunks)
+                reason = chunks[-1].choices[0].finish_reason
+            else:
+                reply = client().completions.create(stop=[stop], **args)
+                cut, reason = reply.choices[0].text, reply.choices[0].finish_reason
+            self.assertEqual(cut, text[:text.index(stop)])
+            self.assertEqual(reason, "stop")
+
+    def test_seeded_sampling_is_reproducible(self):
+        args = dict(model="tiny", prompt="Seeds", max_tokens=10, temperature=0.9, top_p=0.9,
+                    seed=7)
+        first = client().completions.create(**args).choices[0].text
+        self.assertEqual(client().completions.create(**args).choices[0].text, first)
+
+    def test_errors_arrive_as_the_client_expects(self):
+        with self.assertRaises(openai.NotFoundError):
+            client().completions.create(model="other", prompt="x")
+        with self.assertRaises(openai.AuthenticationError):
+            client(key="wrong").completions.create(model="tiny", prompt="x")
+        with self.assertRaises(openai.BadRequestError) as raised:
+            client().completions.create(model="tiny", prompt="x" * 600)
+        self.assertIn("maximum context length", str(raised.exception))
+        with self.assertRaises(openai.BadRequestError):
+            client().completions.create(model="tiny", prompt="x", n=2)
+
+
+def query(prometheus, expression):
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.load(reply)["data"]["result"]
+
+
+class PrometheusScrape(unittest.TestCase):
+    def test_prometheus_reads_the_ttft_histogram_back(self):
+        binary = shutil.which("prometheus")
+        self.assertIsNotNone(binary, "install Prometheus (Debian package `prometheus`)")
+        for _ in range(3):
+            client().completions.create(model="tiny", prompt="scrape me", max_tokens=4)
+        port = free_port()
+        with tempfile.TemporaryDirectory() as work:
+            config = os.path.join(work, "prometheus.yml")
+            with open(config, "w") as f:
+                f.write(
+                    "global:\n  scrape_interval: 1s\n"
+                    "scrape_configs:\n  - job_name: waypoint\n"
+                    f"    static_configs:\n      - targets: ['127.0.0.1:{SERVER.port}']\n")
+            process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={work}/data",
+                 f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for_port(port, process)
+                prometheus = f"http://127.0.0.1:{port}"
+                deadline = time.time() + 60
+                result = []
+                while time.time() < deadline and not result:
+                    result = query(prometheus,
+                                   'vllm:time_to_first_token_seconds_count{model_name="tiny"}')
+                    time.sleep(0.5)
+                self.assertTrue(result, "Prometheus never scraped the TTFT histogram")
+                self.assertGreaterEqual(float(result[0]["value"][1]), 3)
+                buckets = query(prometheus, "vllm:time_to_first_token_seconds_bucket")
+                bounds = {b["metric"]["le"] for b in buckets}
+                self.assertTrue({"0.001", "2560.0", "+Inf"} <= bounds, bounds)
+                self.assertTrue(query(prometheus, "vllm:kv_cache_usage_perc"))
+                self.assertTrue(query(prometheus, "vllm:num_requests_running"))
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def main():
+    global WAYPOINT, SERVER
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--waypoint", required=True)
+    args, rest = parser.parse_known_args()
+    WAYPOINT = args.waypoint
+    SERVER = Server()
+    try:
+        program = unittest.main(argv=[sys.argv[0], "-v"] + rest, exit=False)
+    finally:
+        SERVER.stop()
+    sys.exit(0 if program.result.wasSuccessful() else 1)
+
+
+if __name__ == "__main__":
+    main()
