@@ -59,8 +59,12 @@ const HOSTILE: [Guest; 3] = [
     },
 ];
 
+/// The checkout this xtask runs in. `cargo run` sets `CARGO_MANIFEST_DIR` at run time; the
+/// compile-time value can name another checkout when a build cache is shared between them.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .expect("xtask sits in the workspace")
         .to_path_buf()

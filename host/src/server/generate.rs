@@ -357,7 +357,6 @@ struct Flight {
     span: ApiSpan,
     last_token_ns: Option<u64>,
     text: String,
-    completion_tokens: u64,
 }
 
 /// What one event from the engine means for the response.
@@ -378,7 +377,7 @@ impl Flight {
                     at_ns,
                 }) => {
                     if !token_ids.is_empty() {
-                        self.token_arrived(at_ns, token_ids.len() as u64);
+                        self.token_arrived(at_ns);
                     }
                     if !text.is_empty() {
                         return Progress::Text(text);
@@ -401,7 +400,7 @@ impl Flight {
         }
     }
 
-    fn token_arrived(&mut self, at_ns: u64, count: u64) {
+    fn token_arrived(&mut self, at_ns: u64) {
         let metrics = &self.guard.app.metrics;
         match self.last_token_ns {
             None => {
@@ -411,7 +410,6 @@ impl Flight {
             Some(last) => metrics.inter_token(seconds(at_ns.saturating_sub(last))),
         }
         self.last_token_ns = Some(at_ns);
-        self.completion_tokens += count;
     }
 
     /// Record the finished request: metrics and the span's usage attributes.
@@ -556,7 +554,6 @@ async fn serve(
         span,
         last_token_ns: None,
         text: String::new(),
-        completion_tokens: 0,
     };
     match flight.events.recv().await {
         Some(StreamEvent::Accepted { at_ns }) => flight.span.event("api.HANDOFF_TO_CORE", at_ns),
