@@ -352,3 +352,38 @@ fn a_trapping_scheduler_guest_still_ends_every_span() {
     }
     server.stop();
 }
+
+#[test]
+fn journeys_export_over_grpc_by_default() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let receiver = Receiver::start_grpc(&runtime);
+    let server = Server::start(
+        &[
+            "--enable-journey-tracing",
+            "--otlp-traces-endpoint",
+            &receiver.endpoint,
+        ],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "waypoint-grpc"),
+        ],
+    );
+    let url = format!("{}/v1/completions", server.url);
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..2 {
+            let body = serde_json::json!({"model": "tiny", "prompt": "grpc", "max_tokens": 3});
+            let response = post(&client, &url, body, None).await;
+            assert_eq!(response.status(), 200);
+        }
+    });
+    let spans = receiver.wait_for("waypoint-grpc", |spans| {
+        named(spans, "llm_request").len() >= 2 && named(spans, "llm_core").len() >= 2
+    });
+    let requests = named(&spans, "llm_request");
+    let cores = named(&spans, "llm_core");
+    assert_eq!((requests.len(), cores.len()), (2, 2));
+    check_request_spans(&requests);
+    check_core_spans(&requests, &cores);
+    server.stop();
+}

@@ -9,7 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -106,7 +111,7 @@ pub struct Received {
     pub span: Span,
 }
 
-/// An OTLP/HTTP trace receiver on loopback.
+/// An OTLP trace receiver on loopback (HTTP/protobuf or gRPC).
 pub struct Receiver {
     /// Its endpoint (`http://127.0.0.1:<port>`).
     pub endpoint: String,
@@ -135,8 +140,58 @@ pub fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     })
 }
 
+fn collect(sink: &Mutex<Vec<Received>>, request: ExportTraceServiceRequest) {
+    let mut sink = sink.lock().expect("receiver lock");
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .as_ref()
+            .and_then(|r| string_value(&r.attributes, "service.name"))
+            .unwrap_or_default();
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                sink.push(Received {
+                    service: service.clone(),
+                    span,
+                });
+            }
+        }
+    }
+}
+
+struct GrpcCollector(Arc<Mutex<Vec<Received>>>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        collect(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 impl Receiver {
-    /// Start receiving on `runtime`.
+    /// Start an OTLP/gRPC receiver on `runtime`.
+    pub fn start_grpc(runtime: &tokio::runtime::Runtime) -> Self {
+        let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let port = free_port();
+        let service = TraceServiceServer::new(GrpcCollector(spans.clone()));
+        runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(([127, 0, 0, 1], port).into()),
+        );
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            spans,
+        }
+    }
+
+    /// Start an OTLP/HTTP receiver on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime) -> Self {
         let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
         let sink = spans.clone();
@@ -151,22 +206,7 @@ impl Receiver {
                 async move {
                     let request = ExportTraceServiceRequest::decode(body)
                         .expect("the body is an OTLP ExportTraceServiceRequest");
-                    let mut sink = sink.lock().expect("receiver lock");
-                    for resource in request.resource_spans {
-                        let service = resource
-                            .resource
-                            .as_ref()
-                            .and_then(|r| string_value(&r.attributes, "service.name"))
-                            .unwrap_or_default();
-                        for scope in resource.scope_spans {
-                            for span in scope.spans {
-                                sink.push(Received {
-                                    service: service.clone(),
-                                    span,
-                                });
-                            }
-                        }
-                    }
+                    collect(&sink, request);
                     (
                         [("content-type", "application/x-protobuf")],
                         Vec::<u8>::new(),
