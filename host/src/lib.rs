@@ -2,7 +2,6 @@
 //! behind one backend interface, and the commands built on it.
 
 pub mod args;
-pub mod backend;
 pub mod bench;
 pub mod builtin;
 pub mod conformance;
@@ -10,7 +9,9 @@ pub mod engine;
 pub mod guest;
 pub mod model;
 pub mod server;
-pub mod sim;
 pub mod spec;
 pub mod telemetry;
 pub mod workload;
+
+pub use waypoint_sim as sim;
+pub use waypoint_sim::backend;

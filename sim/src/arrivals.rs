@@ -6,7 +6,7 @@ use std::io::BufRead;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::workload::Rng;
+use crate::rng::Rng;
 
 /// When a request arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,10 +1,13 @@
 //! `waypoint simulate`: discrete-event simulation in virtual time. The same scheduler calls the
 //! server makes, through any backend, with a latency model standing in for the model runner.
-//! The same inputs give byte-identical outputs.
+//! The same inputs give byte-identical outputs — natively, and in the browser demo, which
+//! builds this crate for wasm32.
 
 pub mod arrivals;
+pub mod backend;
 pub mod latency;
 pub mod report;
+pub mod rng;
 pub mod trace;
 
 use std::io::{self, Write};
