@@ -107,6 +107,14 @@ fn streaming_clients_that_leave_lose_nothing_for_the_others() {
         Some(()),
         "finished requests are counted"
     );
+    let aborted = format!(
+        "vllm:request_success_total{{model_name=\"tiny\",finished_reason=\"abort\"}} {}",
+        2 * (CLIENTS / 5)
+    );
+    assert!(
+        text.contains(&aborted),
+        "every leaving client is counted as an abort: {text}"
+    );
     assert!(
         after_kib < warm_kib + 32 * 1024,
         "memory grew from {warm_kib} KiB to {after_kib} KiB over a second round"

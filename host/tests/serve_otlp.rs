@@ -387,3 +387,30 @@ fn journeys_export_over_grpc_by_default() {
     check_core_spans(&requests, &cores);
     server.stop();
 }
+
+#[test]
+fn a_collector_that_is_down_costs_only_the_spans() {
+    let closed = serving::free_port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let server = Server::start(
+        &[
+            "--enable-journey-tracing",
+            "--otlp-traces-endpoint",
+            &endpoint,
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    );
+    let url = format!("{}/v1/completions", server.url);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let requests = (0..20).map(|i| {
+            let body = serde_json::json!({"model": "tiny", "prompt": format!("down {i}"), "max_tokens": 4});
+            post(&client, &url, body, None)
+        });
+        for response in futures_util::future::join_all(requests).await {
+            assert_eq!(response.status(), 200);
+        }
+    });
+    server.stop();
+}

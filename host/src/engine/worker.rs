@@ -289,6 +289,7 @@ impl Worker {
             Command::Submit(submission) => self.submit(*submission),
             Command::Abort(id) => {
                 if self.streams.remove(&id).is_some() {
+                    self.parts.metrics.request_aborted();
                     let now = self.parts.clock.now_ns();
                     match self.engine.finish(&[id], FinishStatus::Aborted, now) {
                         Ok(finished) => self.journey(&finished.journey_events),

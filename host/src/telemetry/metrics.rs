@@ -232,6 +232,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A request was aborted because its client went away.
+    pub fn request_aborted(&self) {
+        self.request_success
+            .get_or_create(&vec![("finished_reason".to_owned(), "abort".to_owned())])
+            .inc();
+    }
+
     /// The scheduler's current load, cache use and cumulative counters.
     pub fn scheduler_stats(&self, stats: &SchedulerStats) {
         self.num_requests_running.set(i64::from(stats.num_running));
