@@ -7,11 +7,11 @@ pub mod builtin;
 pub mod conformance;
 pub mod engine;
 pub mod guest;
-pub mod model;
 pub mod server;
 pub mod spec;
 pub mod telemetry;
 pub mod workload;
 
+pub use waypoint_model as model;
 pub use waypoint_sim as sim;
 pub use waypoint_sim::backend;

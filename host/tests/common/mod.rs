@@ -3,8 +3,7 @@
 // Each test crate that includes this module uses part of it.
 #![allow(dead_code)]
 
-use burn::tensor::Device;
-use waypoint::model::{open_device, DeviceChoice};
+use waypoint::model::{open_device, Device, DeviceChoice};
 
 /// The device the model tests run on: the CPU, or a GPU through wgpu when
 /// `WAYPOINT_TEST_DEVICE=wgpu` (CI runs them both ways, the GPU on Mesa's lavapipe).

@@ -3,7 +3,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::ModelConfig;
-use crate::workload::Rng;
+use waypoint_sim::rng::Rng;
 
 /// One decoder layer's weights; matrices are stored `[in, out]` so `x.matmul(w)` applies them.
 pub struct LayerWeights {

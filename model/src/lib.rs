@@ -17,7 +17,8 @@ pub use device::{cpu_device, open as open_device, DeviceChoice, DeviceError};
 pub use paged::{BatchRequest, PagedBatch, PagedKvCache};
 pub use weights::Weights;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+pub use burn::tensor::Device;
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// The built-in byte-level tokenizer: a token is a UTF-8 byte.
 pub fn encode_bytes(text: &str) -> Vec<u32> {

@@ -3,7 +3,8 @@
 use burn::tensor::Device;
 
 /// The `--device` choices.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DeviceChoice {
     /// The CPU, through burn's ndarray backend.
     #[default]

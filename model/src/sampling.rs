@@ -1,7 +1,7 @@
 //! Token sampling from logits: greedy, temperature, top-k, top-p, with a per-request seed so a
 //! seeded request samples the same tokens every run.
 
-use crate::workload::Rng;
+use waypoint_sim::rng::Rng;
 
 /// How one request picks its tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
