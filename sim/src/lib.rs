@@ -9,6 +9,7 @@ pub mod latency;
 pub mod report;
 pub mod rng;
 pub mod trace;
+pub mod wire;
 
 use std::io::{self, Write};
 use std::iter::Peekable;

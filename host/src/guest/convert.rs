@@ -1,10 +1,7 @@
 //! Field-for-field conversions between the WIT records and the scheduler crate's types, so the
 //! rest of the host sees one set of types whatever backend runs.
 
-use waypoint_scheduler::output::{
-    EngineOutputs, FinishOutcome, RequestOutput, RequestRef, ResetOutcome, ScheduledRequest,
-    SchedulerOutput,
-};
+use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
     ConfigError, FinishStatus, JourneyEvent, JourneyEventType, ModelOutput, NewRequest,
@@ -13,7 +10,7 @@ use waypoint_scheduler::{
 };
 
 use super::wit;
-use crate::backend::GuestFault;
+use waypoint_sim::wire::{self, WireEngineOutputs, WireSchedulerOutput};
 
 pub(super) fn config(config: &SchedulerConfig) -> wit::SchedulerConfig {
     let tracing = config.step_tracing;
@@ -57,13 +54,8 @@ pub(super) fn new_request(request: NewRequest) -> wit::NewRequest {
 }
 
 pub(super) fn model_output(output: &ModelOutput) -> wit::ModelOutput {
-    let sampled = &output.sampled_token_ids;
-    wit::ModelOutput {
-        token_ids: sampled.iter().map(|token| token.unwrap_or(0)).collect(),
-        missing: (0..sampled.len() as u32)
-            .filter(|&index| sampled[index as usize].is_none())
-            .collect(),
-    }
+    let (token_ids, missing) = wire::model_output(output);
+    wit::ModelOutput { token_ids, missing }
 }
 
 pub(super) fn finish_status_out(status: FinishStatus) -> wit::FinishStatus {
@@ -177,134 +169,60 @@ pub(super) fn step_event(event: wit::StepEvent) -> StepEvent {
     }
 }
 
-/// What the host knows of a live request in a guest: its id and client.
-#[derive(Clone, Debug)]
-pub(super) struct Live {
-    pub(super) id: RequestId,
-    pub(super) client_index: u32,
+fn scheduled_kind(kind: wit::ScheduledKind) -> ScheduledKind {
+    match kind {
+        wit::ScheduledKind::New => ScheduledKind::New,
+        wit::ScheduledKind::Resumed => ScheduledKind::Resumed,
+        wit::ScheduledKind::Running => ScheduledKind::Running,
+    }
 }
 
-/// Live requests by handle (looked up for every scheduled request of every step).
-pub(super) type LiveRequests = rustc_hash::FxHashMap<u64, Live>;
-
-fn live(requests: &LiveRequests, handle: u64) -> Result<&Live, GuestFault> {
-    requests.get(&handle).ok_or_else(|| {
-        GuestFault::Contract(format!(
-            "the guest named request handle {handle}, which it never returned"
-        ))
-    })
-}
-
-fn reference(requests: &LiveRequests, handle: u64) -> Result<RequestRef, GuestFault> {
-    let live = live(requests, handle)?;
-    Ok(RequestRef {
-        id: live.id.clone(),
-        handle,
-        client_index: live.client_index,
-    })
-}
-
-/// Rebuild the per-request records from the batch's parallel lists.
-pub(super) fn scheduler_output(
-    output: wit::SchedulerOutput,
-    requests: &LiveRequests,
-) -> Result<SchedulerOutput, GuestFault> {
+/// The batch's parallel lists as the shared wire records (moves, no copies).
+pub(super) fn scheduler_output(output: wit::SchedulerOutput) -> WireSchedulerOutput {
     let batch = output.batch;
-    let count = batch.handles.len();
-    if [
-        batch.num_computed_tokens.len(),
-        batch.num_scheduled_tokens.len(),
-        batch.sample.len(),
-    ]
-    .iter()
-    .any(|&len| len != count)
-    {
-        return Err(GuestFault::Contract(
-            "the batch's parallel lists differ in length".into(),
-        ));
-    }
-    let mut scheduled = Vec::with_capacity(count);
-    for index in 0..count {
-        let handle = batch.handles[index];
-        scheduled.push(ScheduledRequest {
-            request_id: live(requests, handle)?.id.clone(),
-            handle,
-            kind: ScheduledKind::Running,
-            num_computed_tokens: batch.num_computed_tokens[index],
-            num_scheduled_tokens: batch.num_scheduled_tokens[index],
-            block_ids: Vec::new(),
-            token_ids: Vec::new(),
-            sample: batch.sample[index],
-        });
-    }
-    for detail in batch.details {
-        let entry = scheduled.get_mut(detail.index as usize).ok_or_else(|| {
-            GuestFault::Contract(format!(
-                "batch detail for entry {} of {count}",
-                detail.index
-            ))
-        })?;
-        entry.kind = match detail.kind {
-            wit::ScheduledKind::New => ScheduledKind::New,
-            wit::ScheduledKind::Resumed => ScheduledKind::Resumed,
-            wit::ScheduledKind::Running => ScheduledKind::Running,
-        };
-        entry.block_ids = detail.block_ids;
-        entry.token_ids = detail.token_ids;
-    }
-    Ok(SchedulerOutput {
+    WireSchedulerOutput {
         step: output.step,
-        scheduled,
+        batch: wire::Batch {
+            handles: batch.handles,
+            num_computed_tokens: batch.num_computed_tokens,
+            num_scheduled_tokens: batch.num_scheduled_tokens,
+            sample: batch.sample,
+            details: batch
+                .details
+                .into_iter()
+                .map(|detail| wire::Detail {
+                    index: detail.index,
+                    kind: scheduled_kind(detail.kind),
+                    block_ids: detail.block_ids,
+                    token_ids: detail.token_ids,
+                })
+                .collect(),
+        },
         total_num_scheduled_tokens: output.total_num_scheduled_tokens,
-        preempted: output
-            .preempted
-            .into_iter()
-            .map(|handle| reference(requests, handle))
-            .collect::<Result<_, _>>()?,
-        finished: output
-            .finished
-            .into_iter()
-            .map(|handle| reference(requests, handle))
-            .collect::<Result<_, _>>()?,
+        preempted: output.preempted,
+        finished: output.finished,
         journey_events: journey_events(output.journey_events),
         step_events: output.step_events.into_iter().map(step_event).collect(),
-    })
+    }
 }
 
-/// Rebuild the per-request outputs from the parallel lists.
-pub(super) fn engine_outputs(
-    outputs: wit::EngineOutputs,
-    requests: &LiveRequests,
-) -> Result<EngineOutputs, GuestFault> {
-    if outputs.handles.len() != outputs.token_ids.len() {
-        return Err(GuestFault::Contract(
-            "output handles and tokens differ in length".into(),
-        ));
-    }
-    let mut converted = Vec::with_capacity(outputs.handles.len());
-    for (&handle, &token_id) in outputs.handles.iter().zip(&outputs.token_ids) {
-        let live = live(requests, handle)?;
-        converted.push(RequestOutput {
-            request_id: live.id.clone(),
-            handle,
-            client_index: live.client_index,
-            token_id,
-            finish_status: None,
-            stop_reason: None,
-        });
-    }
-    for finish in outputs.finishes {
-        let output = converted
-            .get_mut(finish.index as usize)
-            .ok_or_else(|| GuestFault::Contract(format!("finish for output {}", finish.index)))?;
-        output.finish_status = Some(finish_status(finish.status));
-        output.stop_reason = finish.stop_reason;
-    }
-    Ok(EngineOutputs {
+/// The step's outputs as the shared wire records.
+pub(super) fn engine_outputs(outputs: wit::EngineOutputs) -> WireEngineOutputs {
+    WireEngineOutputs {
         step: outputs.step,
-        outputs: converted,
+        handles: outputs.handles,
+        token_ids: outputs.token_ids,
+        finishes: outputs
+            .finishes
+            .into_iter()
+            .map(|finish| wire::Finish {
+                index: finish.index,
+                status: finish_status(finish.status),
+                stop_reason: finish.stop_reason,
+            })
+            .collect(),
         journey_events: journey_events(outputs.journey_events),
-    })
+    }
 }
 
 pub(super) fn finish_outcome(outcome: wit::FinishOutcome) -> FinishOutcome {

@@ -9,7 +9,7 @@
 
 mod convert;
 
-use convert::{Live, LiveRequests};
+use waypoint_sim::wire::{self, Live, LiveRequests};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -382,7 +382,7 @@ impl SchedulerBackend for GuestBackend {
                 .scheduler()
                 .call_schedule(store, s, now_ns)
         })?;
-        let converted = convert::scheduler_output(output, &self.requests);
+        let converted = wire::scheduler_output(convert::scheduler_output(output), &self.requests);
         let output = self.checked(converted)?;
         for finished in &output.finished {
             self.requests.remove(&finished.handle);
@@ -402,7 +402,7 @@ impl SchedulerBackend for GuestBackend {
                 .call_update_from_output(store, s, &output, now_ns)
         })?;
         let outputs = result.map_err(convert::output_error)?;
-        let converted = convert::engine_outputs(outputs, &self.requests);
+        let converted = wire::engine_outputs(convert::engine_outputs(outputs), &self.requests);
         self.checked(converted)
     }
 
