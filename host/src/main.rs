@@ -441,17 +441,9 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 metrics,
                 tracing: tracing.clone(),
                 journey_sample_rate: if journeys { rate } else { 0.0 },
-                rng: Mutex::new(Rng::new(
-                    clock
-                        .wall(0)
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64),
-                )),
+                rng: Mutex::new(Rng::new(clock.since_epoch(0).as_nanos() as u64)),
                 next_id: AtomicU64::new(0),
-                created: clock
-                    .wall(0)
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                created: clock.since_epoch(0).as_secs(),
             });
             let address = format!("{}:{}", args.host, args.port);
             let listener = tokio::net::TcpListener::bind(&address)

@@ -71,9 +71,7 @@ impl AppState {
     }
 
     fn created_now(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        self.clock.since_epoch(self.clock.now_ns()).as_secs()
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -32,6 +32,13 @@ impl Clock {
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
         self.wall_start + Duration::from_nanos(monotonic_ns)
     }
+
+    /// Time since the Unix epoch of a monotonic reading.
+    pub fn since_epoch(&self, monotonic_ns: u64) -> Duration {
+        self.wall(monotonic_ns)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
 }
 
 impl Default for Clock {

@@ -118,15 +118,6 @@ pub struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
 }
 
-fn string_value(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.clone()),
-            _ => None,
-        }
-    })
-}
-
 /// The value of a span or event attribute, as text.
 pub fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
@@ -146,7 +137,7 @@ fn collect(sink: &Mutex<Vec<Received>>, request: ExportTraceServiceRequest) {
         let service = resource
             .resource
             .as_ref()
-            .and_then(|r| string_value(&r.attributes, "service.name"))
+            .and_then(|r| attribute(&r.attributes, "service.name"))
             .unwrap_or_default();
         for scope in resource.scope_spans {
             for span in scope.spans {
