@@ -559,6 +559,7 @@ fn simulate_command(cli: &Cli, args: &SimulateArgs) -> Result<ExitCode> {
                 None => None,
             },
             progress: Some(&report_progress),
+            steps: None,
         };
         let report = simulate(backend.as_mut(), args.arrivals()?, settings, &mut outputs)?;
         progress.finish_and_clear();

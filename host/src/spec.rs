@@ -76,7 +76,7 @@ impl SchedulerSpec {
         &self,
         module: Option<&PolicyModule>,
         config: SchedulerConfig,
-    ) -> Result<Box<dyn SchedulerBackend>, BackendError> {
+    ) -> Result<Box<dyn SchedulerBackend + Send>, BackendError> {
         match (self, module) {
             (Self::Native(policy), _) => Ok(Box::new(NativeBackend::new(SchedulerConfig {
                 policy: *policy,

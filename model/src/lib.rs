@@ -8,12 +8,15 @@
 
 pub mod checkpoint;
 mod device;
+pub mod engine;
 mod layers;
 mod paged;
 pub mod sampling;
 mod weights;
 
-pub use device::{cpu_device, open as open_device, DeviceChoice, DeviceError};
+pub use device::{
+    cpu_device, open as open_device, open_async as open_device_async, DeviceChoice, DeviceError,
+};
 pub use paged::{BatchRequest, PagedBatch, PagedKvCache};
 pub use weights::Weights;
 
@@ -247,7 +250,19 @@ impl Model {
 /// Logits as plain rows, for sampling and tests.
 pub fn rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
     let [count, width] = logits.dims();
-    let values: Vec<f32> = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+    split_rows(logits.into_data(), count, width)
+}
+
+/// [`rows`] where the device's results can only be awaited (WebGPU in a browser); a lost
+/// device is an error here rather than a panic.
+pub async fn rows_async(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, String> {
+    let [count, width] = logits.dims();
+    let data = logits.into_data_async().await.map_err(|e| e.to_string())?;
+    Ok(split_rows(data, count, width))
+}
+
+fn split_rows(data: TensorData, count: usize, width: usize) -> Vec<Vec<f32>> {
+    let values: Vec<f32> = data.try_to_vec::<f32>().unwrap_or_default();
     (0..count)
         .map(|row| values[row * width..(row + 1) * width].to_vec())
         .collect()

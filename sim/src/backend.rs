@@ -77,8 +77,9 @@ impl fmt::Display for PolicyDescription {
 }
 
 /// The scheduler calls of the `waypoint:scheduler` contract. See the `waypoint-scheduler`
-/// crate for their semantics.
-pub trait SchedulerBackend: Send {
+/// crate for their semantics. Not `Send`: the browser's backend holds JavaScript objects; the
+/// host's threads ask for `dyn SchedulerBackend + Send`.
+pub trait SchedulerBackend {
     /// Which policy runs, and from where.
     fn policy(&self) -> &PolicyDescription;
     /// Submit a request.

@@ -53,6 +53,23 @@ pub struct Outputs<'a> {
     pub chrome_trace: Option<ChromeTrace<&'a mut dyn Write>>,
     /// Called with the number of finished requests after every step.
     pub progress: Option<&'a dyn Fn(u64)>,
+    /// Called with the scheduler's load after every step (the browser demo's charts).
+    pub steps: Option<&'a mut dyn FnMut(&StepSample)>,
+}
+
+/// The scheduler's load after one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSample {
+    /// Virtual time after the step.
+    pub now_ns: u64,
+    /// Fraction of KV blocks in use.
+    pub kv_cache_usage: f64,
+    /// Requests running.
+    pub num_running: u32,
+    /// Requests waiting.
+    pub num_waiting: u32,
+    /// Tokens the step computed.
+    pub scheduled_tokens: u32,
 }
 
 /// Simulation settings.
@@ -219,14 +236,18 @@ impl Run<'_, '_> {
         let stats = self.backend.stats(self.now)?;
         let seconds = self.now.saturating_sub(self.first_arrival.unwrap_or(0)) as f64 / 1e9;
         self.metrics.kv_sample(seconds, stats.kv_cache_usage);
+        let sample = StepSample {
+            now_ns: self.now,
+            kv_cache_usage: stats.kv_cache_usage,
+            num_running: stats.num_running,
+            num_waiting: stats.num_waiting,
+            scheduled_tokens: output.total_num_scheduled_tokens,
+        };
         if let Some(trace) = self.outputs.chrome_trace.as_mut() {
-            trace.step(
-                self.now,
-                stats.kv_cache_usage,
-                stats.num_running,
-                stats.num_waiting,
-                output.total_num_scheduled_tokens,
-            )?;
+            trace.step(&sample)?;
+        }
+        if let Some(observe) = self.outputs.steps.as_mut() {
+            observe(&sample);
         }
         self.iteration += 1;
         if let Some(progress) = self.outputs.progress {

@@ -7,6 +7,8 @@ use std::io::{self, Write};
 use serde_json::{json, Value};
 use waypoint_scheduler::{JourneyEvent, JourneyEventType};
 
+use crate::StepSample;
+
 /// Process id of the request tracks.
 const REQUESTS_PID: u32 = 1;
 /// Process id of the scheduler track.
@@ -83,20 +85,13 @@ impl<W: Write> ChromeTrace<W> {
     }
 
     /// Record one step's batch composition as counters.
-    pub fn step(
-        &mut self,
-        ts_ns: u64,
-        kv_usage: f64,
-        running: u32,
-        waiting: u32,
-        scheduled_tokens: u32,
-    ) -> io::Result<()> {
-        let ts = micros(ts_ns);
+    pub fn step(&mut self, sample: &StepSample) -> io::Result<()> {
+        let ts = micros(sample.now_ns);
         for (name, value) in [
-            ("kv_usage", json!(kv_usage)),
-            ("running", json!(running)),
-            ("waiting", json!(waiting)),
-            ("scheduled_tokens", json!(scheduled_tokens)),
+            ("kv_usage", json!(sample.kv_cache_usage)),
+            ("running", json!(sample.num_running)),
+            ("waiting", json!(sample.num_waiting)),
+            ("scheduled_tokens", json!(sample.scheduled_tokens)),
         ] {
             self.event(json!({"name": name, "ph": "C", "pid": SCHEDULER_PID, "ts": ts, "args": {name: value}}))?;
         }

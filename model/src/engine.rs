@@ -1,0 +1,354 @@
+//! The engine loop: a scheduler backend deciding every step, the model runner computing it over
+//! the paged KV cache, and sampled tokens flowing back.
+
+use std::collections::HashMap;
+
+use waypoint_scheduler::{
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestId, ScheduledKind, SchedulerConfig,
+    SchedulerStats, StepEvent,
+};
+
+use waypoint_scheduler::output::SchedulerOutput;
+use waypoint_sim::backend::{BackendError, SchedulerBackend};
+
+use crate::sampling::{sample, SamplingParams};
+use crate::{rows, rows_async, BatchRequest, Model, PagedBatch, PagedKvCache};
+
+/// A request as the engine takes it.
+#[derive(Clone, Debug)]
+pub struct EngineRequest {
+    /// The scheduler's view (id, prompt, limits, priority, ...).
+    pub request: NewRequest,
+    /// How its tokens are sampled.
+    pub sampling: SamplingParams,
+}
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// Request id.
+    pub id: RequestId,
+    /// Generated tokens.
+    pub token_ids: Vec<u32>,
+    /// Why it finished.
+    pub finish_status: FinishStatus,
+    /// When it arrived, produced its first token and finished (engine clock, ns).
+    pub arrival_ns: u64,
+    /// When it was first scheduled, if it was.
+    pub first_scheduled_ns: Option<u64>,
+    /// Time of its first token, if it produced one.
+    pub first_token_ns: Option<u64>,
+    /// Time it finished.
+    pub finish_ns: u64,
+    /// Prompt tokens.
+    pub prompt_len: usize,
+}
+
+/// A token one request produced in a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewToken {
+    /// Request id.
+    pub id: RequestId,
+    /// The sampled token.
+    pub token_id: u32,
+}
+
+struct Running {
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    block_table: Vec<u32>,
+    sampling: SamplingParams,
+    arrival_ns: u64,
+    first_scheduled_ns: Option<u64>,
+    first_token_ns: Option<u64>,
+}
+
+impl Running {
+    fn complete(self, id: RequestId, finish_status: FinishStatus, finish_ns: u64) -> Completion {
+        Completion {
+            id,
+            token_ids: self.tokens[self.prompt_len..].to_vec(),
+            finish_status,
+            arrival_ns: self.arrival_ns,
+            first_scheduled_ns: self.first_scheduled_ns,
+            first_token_ns: self.first_token_ns,
+            finish_ns,
+            prompt_len: self.prompt_len,
+        }
+    }
+}
+
+/// The scheduler and the model runner, stepping together. The host's engine thread holds a
+/// `Send` backend; the browser's holds JavaScript objects.
+pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send> {
+    backend: Box<B>,
+    model: Model,
+    cache: PagedKvCache,
+    requests: HashMap<RequestId, Running>,
+}
+
+/// What one engine step produced.
+#[derive(Debug, Default)]
+pub struct StepResult {
+    /// Tokens sampled in this step, in batch order.
+    pub tokens: Vec<NewToken>,
+    /// When the step's tokens were produced (after the model ran).
+    pub tokens_ns: u64,
+    /// Requests that finished in this step.
+    pub finished: Vec<Completion>,
+    /// Requests preempted in this step.
+    pub preempted: Vec<RequestId>,
+    /// Journey events of the step's scheduler calls.
+    pub journey_events: Vec<JourneyEvent>,
+    /// Step-tracing records of the step.
+    pub step_events: Vec<StepEvent>,
+}
+
+/// Requests finished from outside the step loop.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The requests, with what they had produced.
+    pub completions: Vec<Completion>,
+    /// Their FINISHED events.
+    pub journey_events: Vec<JourneyEvent>,
+}
+
+/// Why an awaited step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The scheduler failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The device could not return the logits.
+    #[error("reading the step's logits from the device: {0}")]
+    Device(String),
+}
+
+/// A step between the scheduler's decision and the model's logits.
+struct PlannedStep {
+    output: SchedulerOutput,
+    batch: PagedBatch,
+    result: StepResult,
+}
+
+impl<B: ?Sized + SchedulerBackend> Engine<B> {
+    /// An engine whose KV cache has the configuration's `num_blocks × block_size` slots.
+    pub fn new(backend: Box<B>, model: Model, config: &SchedulerConfig) -> Self {
+        let cache = PagedKvCache::new(
+            model.config(),
+            config.num_blocks as usize,
+            config.block_size as usize,
+            model.device(),
+        );
+        Self {
+            backend,
+            model,
+            cache,
+            requests: HashMap::new(),
+        }
+    }
+
+    /// Requests not finished.
+    pub fn num_unfinished(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Submit a request; its QUEUED event is returned.
+    pub fn add(
+        &mut self,
+        request: EngineRequest,
+        now_ns: u64,
+    ) -> Result<Vec<JourneyEvent>, BackendError> {
+        let id: RequestId = request.request.id.as_str().into();
+        let running = Running {
+            tokens: request.request.prompt_token_ids.clone(),
+            prompt_len: request.request.prompt_token_ids.len(),
+            block_table: Vec::new(),
+            sampling: request.sampling,
+            arrival_ns: now_ns,
+            first_scheduled_ns: None,
+            first_token_ns: None,
+        };
+        let events = self.backend.add_request(request.request, now_ns)?;
+        self.requests.insert(id, running);
+        Ok(events)
+    }
+
+    /// One step: schedule, compute, sample, update. `clock` gives the time after the model ran.
+    pub fn step(
+        &mut self,
+        now_ns: u64,
+        clock: impl FnOnce() -> u64,
+    ) -> Result<StepResult, BackendError> {
+        let planned = self.plan(now_ns)?;
+        let logits = if planned.batch.requests.is_empty() {
+            Vec::new()
+        } else {
+            rows(self.model.forward_paged(&planned.batch, &mut self.cache))
+        };
+        self.complete(planned, logits, clock())
+    }
+
+    /// [`Engine::step`] for devices whose results can only be awaited (WebGPU in a browser).
+    pub async fn step_async(
+        &mut self,
+        now_ns: u64,
+        clock: impl FnOnce() -> u64,
+    ) -> Result<StepResult, StepError> {
+        let planned = self.plan(now_ns)?;
+        let logits = if planned.batch.requests.is_empty() {
+            Vec::new()
+        } else {
+            rows_async(self.model.forward_paged(&planned.batch, &mut self.cache))
+                .await
+                .map_err(StepError::Device)?
+        };
+        Ok(self.complete(planned, logits, clock())?)
+    }
+
+    /// Ask the scheduler for a step and gather its batch.
+    fn plan(&mut self, now_ns: u64) -> Result<PlannedStep, BackendError> {
+        let output = self.backend.schedule(now_ns)?;
+        let mut result = StepResult {
+            journey_events: output.journey_events.clone(),
+            step_events: output.step_events.clone(),
+            ..StepResult::default()
+        };
+        for preempted in &output.preempted {
+            if let Some(running) = self.requests.get_mut(&preempted.id) {
+                running.block_table.clear();
+                result.preempted.push(preempted.id.clone());
+            }
+        }
+        let mut batch = PagedBatch::default();
+        for entry in &output.scheduled {
+            let Some(running) = self.requests.get_mut(&entry.request_id) else {
+                continue;
+            };
+            running.first_scheduled_ns.get_or_insert(now_ns);
+            match entry.kind {
+                ScheduledKind::New | ScheduledKind::Resumed => {
+                    running.block_table = entry.block_ids.clone()
+                }
+                ScheduledKind::Running => running.block_table.extend_from_slice(&entry.block_ids),
+            }
+            let start = entry.num_computed_tokens as usize;
+            let end = start + entry.num_scheduled_tokens as usize;
+            batch.requests.push(BatchRequest {
+                tokens: running.tokens[start..end].to_vec(),
+                start_position: start,
+                block_table: running.block_table.clone(),
+                sample: entry.sample,
+            });
+        }
+        Ok(PlannedStep {
+            output,
+            batch,
+            result,
+        })
+    }
+
+    /// Sample from the step's logits and report the tokens; `now` is after the model ran.
+    fn complete(
+        &mut self,
+        planned: PlannedStep,
+        logits: Vec<Vec<f32>>,
+        now: u64,
+    ) -> Result<StepResult, BackendError> {
+        let PlannedStep {
+            output, mut result, ..
+        } = planned;
+        let mut logits = logits.into_iter();
+        let sampled = output
+            .scheduled
+            .iter()
+            .map(|entry| {
+                if !entry.sample {
+                    return None;
+                }
+                let row = logits.next()?;
+                let running = self.requests.get(&entry.request_id)?;
+                let index = (running.tokens.len() - running.prompt_len) as u64;
+                Some(sample(&row, &running.sampling, index))
+            })
+            .collect();
+        result.tokens_ns = now;
+        let engine = self.backend.update_from_output(
+            &ModelOutput {
+                sampled_token_ids: sampled,
+            },
+            now,
+        )?;
+        result
+            .journey_events
+            .extend(engine.journey_events.iter().cloned());
+        for out in engine.outputs {
+            let Some(running) = self.requests.get_mut(&out.request_id) else {
+                continue;
+            };
+            running.tokens.push(out.token_id);
+            running.first_token_ns.get_or_insert(now);
+            result.tokens.push(NewToken {
+                id: out.request_id.clone(),
+                token_id: out.token_id,
+            });
+            if let Some(status) = out.finish_status {
+                if let Some(done) = self.requests.remove(&out.request_id) {
+                    result
+                        .finished
+                        .push(done.complete(out.request_id, status, now));
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Finish requests from outside the step loop (client gone, stop string seen, ...).
+    /// Unknown ids are skipped.
+    pub fn finish(
+        &mut self,
+        ids: &[RequestId],
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> Result<Finished, BackendError> {
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| self.requests.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Finished::default());
+        }
+        let outcome = self.backend.finish_requests(&ids, status, now_ns)?;
+        let completions = outcome
+            .finished_ids
+            .into_iter()
+            .filter_map(|id| {
+                let running = self.requests.remove(&id)?;
+                Some(running.complete(id, status, now_ns))
+            })
+            .collect();
+        Ok(Finished {
+            completions,
+            journey_events: outcome.journey_events,
+        })
+    }
+
+    /// After a fault: a fresh scheduler of the same configuration. Every request it held is
+    /// lost; their ids are returned so that the caller can fail them.
+    pub fn reload(&mut self) -> Result<Vec<RequestId>, BackendError> {
+        let lost = self.requests.drain().map(|(id, _)| id).collect();
+        self.backend.reload()?;
+        Ok(lost)
+    }
+
+    /// The scheduler's load and cache statistics.
+    pub fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
+        self.backend.stats(now_ns)
+    }
+
+    /// Close the scheduler's open step-tracing window.
+    pub fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
+        self.backend.shutdown(now_ns)
+    }
+}

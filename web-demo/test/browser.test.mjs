@@ -1,0 +1,152 @@
+// The page in real headless Chromium (Debian's, driven by playwright-core): runs, lanes, policy
+// swaps, journey import and export byte-identical to `waypoint simulate`, and WebGPU through
+// Chromium's SwiftShader. Needs `npm run build` and the debug `waypoint` binary (cargo build).
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from '../scripts/serve.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const targetDir = JSON.parse(execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'],
+  { cwd: root, maxBuffer: 1 << 26 })).target_directory;
+const waypoint = process.env.WAYPOINT_BIN ?? join(targetDir, 'debug', 'waypoint');
+const artifacts = join(root, 'target', 'web-demo');
+const scratch = mkdtempSync(join(tmpdir(), 'waypoint-web-'));
+
+// Chromium as root on a closed network: no sandbox, no background connections.
+const FLAGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic', '--disable-dev-shm-usage'];
+
+let server;
+let url;
+const browsers = [];
+
+before(async () => {
+  server = await serve({ port: 0 });
+  url = `http://127.0.0.1:${server.address().port}/`;
+  mkdirSync(artifacts, { recursive: true });
+});
+
+after(async () => {
+  await Promise.all(browsers.map((browser) => browser.close()));
+  server?.close();
+});
+
+async function open({ webgpu = true } = {}) {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: webgpu ? [...FLAGS, '--enable-unsafe-webgpu'] : FLAGS,
+  });
+  browsers.push(browser);
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+  const problems = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(message.text());
+  });
+  page.on('pageerror', (error) => problems.push(String(error)));
+  await page.goto(url);
+  await page.getByTestId('backend').filter({ hasNotText: 'probing' }).waitFor();
+  return { page, problems };
+}
+
+async function runAndWait(page, timeout = 120_000) {
+  await page.getByTestId('run').click();
+  await page.getByTestId('status').filter({ hasText: /^done|error|failed/ }).waitFor({ timeout });
+  const status = await page.getByTestId('status').textContent();
+  assert.match(status, /^done/, status);
+}
+
+async function summaryText(page) {
+  return page.getByTestId('summary').textContent();
+}
+
+let shared;
+async function page() {
+  shared ??= await open();
+  return shared;
+}
+
+test('the page loads without console errors and finds WebGPU (SwiftShader)', async () => {
+  const { page: tab, problems } = await page();
+  assert.equal(await tab.getByTestId('backend').textContent(), 'webgpu');
+  assert.deepEqual(problems, []);
+});
+
+test('a 200-request run draws 200 lanes', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('workload-size').fill('200');
+  await tab.getByTestId('policy-select').selectOption('fcfs');
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 200);
+  assert.match(await summaryText(tab), /requests \(finished\)200 \(200\)/);
+  await tab.screenshot({ path: join(artifacts, 'finished-run.png'), fullPage: true });
+  assert.deepEqual(problems, []);
+});
+
+test('swapping the policy changes the summary', async () => {
+  const { page: tab } = await page();
+  await tab.getByTestId('workload-size').fill('200');
+  await tab.getByTestId('policy-select').selectOption('fcfs');
+  await runAndWait(tab);
+  const fcfs = await summaryText(tab);
+  await tab.getByTestId('policy-select').selectOption('priority');
+  await runAndWait(tab);
+  const priority = await summaryText(tab);
+  assert.notEqual(priority, fcfs);
+  assert.match(priority, /priority/);
+});
+
+test('the exported journeys equal `waypoint simulate` for the same settings, and import draws them', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('workload-size').fill('150');
+  await tab.getByTestId('policy-select').selectOption('fair');
+  await runAndWait(tab);
+  const download = tab.waitForEvent('download');
+  await tab.getByTestId('export-journeys').click();
+  const exported = join(scratch, 'exported.jsonl');
+  await (await download).saveAs(exported);
+
+  // The command line the page shows, run by the host binary.
+  const command = (await tab.getByTestId('command').textContent()).trim().split(/\s+/);
+  assert.equal(command[0], 'waypoint');
+  const expected = join(scratch, 'expected.jsonl');
+  const args = command.slice(1).map((arg) => (arg === 'journeys.jsonl' ? expected : arg));
+  execFileSync(waypoint, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  const want = readFileSync(expected, 'utf8');
+  assert.ok(want.length > 0);
+  assert.ok(readFileSync(exported, 'utf8') === want, 'exported journeys differ from waypoint simulate');
+
+  await tab.getByTestId('import-journeys').setInputFiles(expected);
+  await tab.getByTestId('status').filter({ hasText: 'expected.jsonl: 150 requests' }).waitFor();
+  assert.equal(await tab.getByTestId('request-lane').count(), 150);
+  assert.deepEqual(problems, []);
+});
+
+test('live mode generates tokens with the tiny model on WebGPU, the component deciding each step', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('mode-select').selectOption('live');
+  await tab.getByTestId('policy-select').selectOption('fcfs');
+  await tab.getByTestId('workload-size').fill('6');
+  await tab.locator('#prompt-lengths').fill('uniform:8-40');
+  await tab.locator('#output-lengths').fill('fixed:6');
+  await runAndWait(tab, 300_000);
+  assert.equal(await tab.getByTestId('request-lane').count(), 6);
+  assert.match(await summaryText(tab), /tokens generated on WebGPU36 \(\d+ steps\)/);
+  await tab.screenshot({ path: join(artifacts, 'live-run.png'), fullPage: true });
+  assert.deepEqual(problems, []);
+});
+
+test('without WebGPU the page says so and runs the latency model', async () => {
+  const { page: tab, problems } = await open({ webgpu: false });
+  assert.equal(await tab.getByTestId('backend').textContent(), 'latency-model');
+  assert.ok(await tab.locator('#mode option[value=live]').evaluate((option) => option.disabled));
+  await tab.getByTestId('workload-size').fill('20');
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 20);
+  assert.deepEqual(problems, []);
+});

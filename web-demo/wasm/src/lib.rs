@@ -1,0 +1,32 @@
+//! Waypoint's browser demo in Rust: `waypoint simulate` driving the policy components the host
+//! loads (jco makes them JavaScript modules), and the model runner stepping on WebGPU.
+
+mod jco;
+pub mod run;
+
+use wasm_bindgen::prelude::*;
+
+pub use jco::JcoBackend;
+
+/// Run `waypoint simulate` on a transpiled policy component. `component` is its `scheduler`
+/// interface, `origin` names it in the report, `spec` is a [`run::SimulationSpec`] as JSON and
+/// `progress` hears the number of finished requests after every step. Returns a
+/// [`run::SimulationResult`] as JSON.
+#[wasm_bindgen]
+pub fn simulate(
+    component: &JsValue,
+    origin: &str,
+    spec: &str,
+    progress: Option<js_sys::Function>,
+) -> Result<String, JsError> {
+    let spec = run::SimulationSpec::from_json(spec)?;
+    let mut backend = JcoBackend::new(component, spec.engine.config(), origin)?;
+    let report = |finished: u64| {
+        if let Some(progress) = &progress {
+            // A throwing progress callback must not stop the run.
+            let _ = progress.call1(&JsValue::NULL, &JsValue::from_f64(finished as f64));
+        }
+    };
+    let result = run::run(&mut backend, &spec, &report)?;
+    Ok(serde_json::to_string(&result)?)
+}
