@@ -90,6 +90,8 @@ pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send> {
 /// What one engine step produced.
 #[derive(Debug, Default)]
 pub struct StepResult {
+    /// Tokens the model computed in this step (prefill and decode).
+    pub scheduled_tokens: u32,
     /// Tokens sampled in this step, in batch order.
     pub tokens: Vec<NewToken>,
     /// When the step's tokens were produced (after the model ran).
@@ -210,6 +212,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     fn plan(&mut self, now_ns: u64) -> Result<PlannedStep, BackendError> {
         let output = self.backend.schedule(now_ns)?;
         let mut result = StepResult {
+            scheduled_tokens: output.total_num_scheduled_tokens,
             journey_events: output.journey_events.clone(),
             step_events: output.step_events.clone(),
             ..StepResult::default()

@@ -100,12 +100,7 @@ pub fn load(name: &str, device: DeviceChoice) -> Result<LoadedModel, LoadError> 
     }
     let device = open_device(device)?;
     if name == "tiny" {
-        let config = ModelConfig::tiny();
-        return Ok(LoadedModel {
-            model: Model::new(config, Weights::random(&config, 0, &device), device),
-            vocabulary: Vocabulary::Bytes,
-            eos_token_id: None,
-        });
+        return Ok(tiny(device));
     }
     let checkpoint =
         checkpoint::load(&dir, &device).map_err(|source| LoadError::Checkpoint { dir, source })?;
@@ -114,6 +109,16 @@ pub fn load(name: &str, device: DeviceChoice) -> Result<LoadedModel, LoadError> 
         vocabulary: Vocabulary::Tokenizer(Box::new(checkpoint.tokenizer)),
         eos_token_id: checkpoint.eos_token_id,
     })
+}
+
+/// The built-in tiny model on `device`: seeded weights, byte tokens, no end-of-sequence token.
+pub fn tiny(device: Device) -> LoadedModel {
+    let config = ModelConfig::tiny();
+    LoadedModel {
+        model: Model::new(config, Weights::random(&config, 0, &device), device),
+        vocabulary: Vocabulary::Bytes,
+        eos_token_id: None,
+    }
 }
 
 /// The shape of a Llama-family model.

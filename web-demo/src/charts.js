@@ -24,13 +24,15 @@ export function lineChart(canvas, title, t, series, { max } = {}) {
     context.fillText('not in a journey log', 4, 30);
     return;
   }
-  const top = 18;
+  const top = 30;
   const plotHeight = height - top - 4;
   const t0 = t[0];
   const span = Math.max(t[t.length - 1] - t0, 1e-9);
   const peak = max ?? Math.max(1, ...series.flatMap((s) => s.values));
   context.fillStyle = '#868e96';
-  context.fillText(`${+peak.toFixed(2)}`, width - 40, 12);
+  context.textAlign = 'right';
+  context.fillText(`max ${+peak.toFixed(2)}`, width - 4, 12);
+  context.textAlign = 'left';
   series.forEach((line, index) => {
     context.strokeStyle = PALETTE[index % PALETTE.length];
     context.beginPath();
@@ -58,6 +60,6 @@ export function lineChart(canvas, title, t, series, { max } = {}) {
     flush();
     context.stroke();
     context.fillStyle = PALETTE[index % PALETTE.length];
-    context.fillText(line.label, 4 + 80 * index + 100, 12);
+    context.fillText(`— ${line.label}`, 4 + 80 * index, 26);
   });
 }

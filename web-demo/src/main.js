@@ -97,6 +97,9 @@ async function updateCommand() {
   const compare = $('compare').value;
   const scheduler = compare ? `--compare ${$('policy').value},${compare}` : `--scheduler ${$('policy').value} --journey-log journeys.jsonl`;
   $('command').textContent = `waypoint simulate ${flags.join(' ')} ${scheduler}`;
+  $('command-label').textContent = $('mode').value === 'live'
+    ? 'The same workload simulated on the command line:'
+    : 'Same run on the command line:';
 }
 
 async function run(event) {
@@ -111,7 +114,7 @@ async function run(event) {
       const label = live ? `${policy} · live on WebGPU` : policy;
       status(`${label}: starting…`);
       const message = live
-        ? { type: 'live', policy, spec, clock: $('clock').value }
+        ? { type: 'live', policy, spec }
         : { type: 'simulate', policy, spec };
       const { result, elapsedMs } = await request(message, label);
       runs.push({ label, text: result.journeys, journeys: parseJourneys(result.journeys), steps: result.steps, elapsedMs, report: result.report, generated: result.generated });

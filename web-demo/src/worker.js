@@ -32,12 +32,12 @@ async function simulate({ id, policy, spec }) {
   postMessage({ type: 'result', id, policy, result, elapsedMs: performance.now() - started });
 }
 
-async function live({ id, policy, spec, clock }) {
+async function live({ id, policy, spec }) {
   await ready;
   const scheduler = await component(policy);
   const progress = (finished) => postMessage({ type: 'progress', id, finished });
   const started = performance.now();
-  const result = JSON.parse(await waypoint.live(scheduler, `${policy}.wasm (jco)`, JSON.stringify(spec), clock, progress));
+  const result = JSON.parse(await waypoint.live(scheduler, `${policy}.wasm (jco)`, JSON.stringify(spec), () => performance.now(), progress));
   postMessage({ type: 'result', id, policy, result, elapsedMs: performance.now() - started });
 }
 

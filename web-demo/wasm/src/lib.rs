@@ -2,6 +2,7 @@
 //! loads (jco makes them JavaScript modules), and the model runner stepping on WebGPU.
 
 mod jco;
+pub mod live;
 pub mod run;
 
 use wasm_bindgen::prelude::*;
@@ -21,12 +22,39 @@ pub fn simulate(
 ) -> Result<String, JsError> {
     let spec = run::SimulationSpec::from_json(spec)?;
     let mut backend = JcoBackend::new(component, spec.engine.config(), origin)?;
-    let report = |finished: u64| {
-        if let Some(progress) = &progress {
-            // A throwing progress callback must not stop the run.
-            let _ = progress.call1(&JsValue::NULL, &JsValue::from_f64(finished as f64));
-        }
-    };
+    let report = |finished: u64| report_progress(progress.as_ref(), finished);
     let result = run::run(&mut backend, &spec, &report)?;
     Ok(serde_json::to_string(&result)?)
+}
+
+/// Live mode: the same workload with the tiny model stepping on WebGPU, `component` deciding
+/// every step. `now_ms` reads a monotonic clock (`performance.now`). Returns a
+/// [`live::LiveResult`] as JSON.
+#[wasm_bindgen]
+pub async fn live(
+    component: JsValue,
+    origin: String,
+    spec: String,
+    now_ms: js_sys::Function,
+    progress: Option<js_sys::Function>,
+) -> Result<String, JsError> {
+    let spec = run::SimulationSpec::from_json(&spec)?;
+    let backend = JcoBackend::new(&component, spec.engine.config(), &origin)?;
+    let elapsed_ms = || {
+        now_ms
+            .call0(&JsValue::NULL)
+            .ok()
+            .and_then(|now| now.as_f64())
+            .unwrap_or(0.0)
+    };
+    let report = |finished: u64| report_progress(progress.as_ref(), finished);
+    let result = live::run(backend, &spec, &elapsed_ms, &report).await?;
+    Ok(serde_json::to_string(&result)?)
+}
+
+fn report_progress(progress: Option<&js_sys::Function>, finished: u64) {
+    if let Some(progress) = progress {
+        // A throwing progress callback must not stop the run.
+        let _ = progress.call1(&JsValue::NULL, &JsValue::from_f64(finished as f64));
+    }
 }

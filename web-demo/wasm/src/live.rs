@@ -1,0 +1,178 @@
+//! Live mode: the model runner of `waypoint serve` — the built-in tiny model, on WebGPU —
+//! computing every step a policy component decides over the paged KV cache. The workload is a
+//! simulation's; the clock advances by each step's measured time.
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+use waypoint_model::engine::{Engine, EngineRequest, StepError};
+use waypoint_model::sampling::SamplingParams;
+use waypoint_model::{open_device_async, Device, DeviceChoice, DeviceError};
+use waypoint_scheduler::{JourneyEvent, NewRequest};
+use waypoint_sim::arrivals::{Arrival, ArrivalTime, WorkloadError};
+use waypoint_sim::backend::{BackendError, SchedulerBackend};
+use waypoint_sim::StepSample;
+
+use crate::run::{RunError, SimulationSpec, StepSeries};
+
+/// Why a live run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// WebGPU gave no device.
+    #[error("WebGPU: {0}")]
+    Device(#[from] DeviceError),
+    /// The settings are malformed.
+    #[error(transparent)]
+    Settings(#[from] RunError),
+    /// The workload is malformed.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The scheduler rejected something or failed.
+    #[error("scheduler: {0}")]
+    Backend(#[from] BackendError),
+    /// A step failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+/// What the model did in a live run.
+#[derive(Debug, Default, Serialize)]
+pub struct Generated {
+    /// Tokens sampled.
+    pub tokens: u64,
+    /// Engine steps.
+    pub steps: u64,
+    /// Time spent in steps, ms (the clock's advance).
+    pub model_ms: f64,
+}
+
+/// What a live run gives the page: journeys and load, as a simulation's, and the model's work.
+#[derive(Debug, Serialize)]
+pub struct LiveResult {
+    /// The canonical journey JSON Lines.
+    pub journeys: String,
+    /// The load after every step.
+    pub steps: StepSeries,
+    /// What the model computed.
+    pub generated: Generated,
+}
+
+thread_local! {
+    // WebGPU opens once per page; burn's runtime cannot be initialised twice.
+    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+async fn webgpu() -> Result<Device, DeviceError> {
+    if let Some(device) = DEVICE.with(|slot| slot.borrow().clone()) {
+        return Ok(device);
+    }
+    let device = open_device_async(DeviceChoice::Wgpu).await?;
+    DEVICE.with(|slot| *slot.borrow_mut() = Some(device.clone()));
+    Ok(device)
+}
+
+fn write(journeys: &mut String, events: &[JourneyEvent]) {
+    for event in events {
+        journeys.push_str(&event.to_json_line());
+        journeys.push('\n');
+    }
+}
+
+/// Run `spec`'s workload on `backend` with the tiny model on WebGPU. `elapsed_ms` reads a
+/// monotonic clock; `progress` hears the number of finished requests after every step.
+pub async fn run<B: SchedulerBackend + 'static>(
+    backend: B,
+    spec: &SimulationSpec,
+    elapsed_ms: &dyn Fn() -> f64,
+    progress: &dyn Fn(u64),
+) -> Result<LiveResult, LiveError> {
+    let loaded = waypoint_model::tiny(webgpu().await?);
+    let vocab_size = loaded.model.config().vocab_size as u32;
+    let mut engine = Engine::new(Box::new(backend), loaded.model, &spec.engine.config());
+    let mut pending = spec.arrivals()?.into_iter().peekable();
+    let mut journeys = String::new();
+    let mut steps = StepSeries::default();
+    let mut generated = Generated::default();
+    let mut now = 0u64;
+    let mut finished = 0u64;
+    let mut index = 0u64;
+    loop {
+        let due = |item: &Result<Arrival, WorkloadError>| match item {
+            Err(_) => true,
+            Ok(arrival) => match arrival.at {
+                ArrivalTime::Ns(t) => t <= now,
+                ArrivalTime::Step(k) => k <= generated.steps,
+            },
+        };
+        while let Some(item) = pending.next_if(due) {
+            let arrival = item?;
+            let at = match arrival.at {
+                ArrivalTime::Ns(t) => t,
+                ArrivalTime::Step(_) => now,
+            };
+            // The simulator's token ids, folded into the tiny model's byte vocabulary.
+            let prompt = arrival
+                .prompt
+                .token_ids(index)
+                .into_iter()
+                .map(|token| token % vocab_size)
+                .collect();
+            index += 1;
+            let request = NewRequest {
+                client_index: arrival.client,
+                max_tokens: arrival.max_tokens,
+                priority: arrival.priority,
+                arrival_ns: at,
+                journey_sampled: true,
+                ..NewRequest::new(arrival.id, prompt)
+            };
+            let sampling = SamplingParams::default();
+            write(
+                &mut journeys,
+                &engine.add(EngineRequest { request, sampling }, at)?,
+            );
+        }
+        if engine.num_unfinished() == 0 {
+            match pending.peek() {
+                None => break,
+                Some(Ok(Arrival {
+                    at: ArrivalTime::Ns(t),
+                    ..
+                })) => now = now.max(*t),
+                Some(Ok(Arrival {
+                    at: ArrivalTime::Step(k),
+                    ..
+                })) => generated.steps = generated.steps.max(*k),
+                Some(Err(_)) => {}
+            }
+            continue;
+        }
+        let started = elapsed_ms();
+        let step_started_ns = now;
+        let result = engine
+            .step_async(now, || {
+                step_started_ns + ((elapsed_ms() - started).max(0.0) * 1e6) as u64
+            })
+            .await?;
+        generated.model_ms += (result.tokens_ns - step_started_ns) as f64 / 1e6;
+        now = result.tokens_ns;
+        generated.tokens += result.tokens.len() as u64;
+        generated.steps += 1;
+        finished += result.finished.len() as u64;
+        write(&mut journeys, &result.journey_events);
+        let stats = engine.stats(now)?;
+        steps.push(&StepSample {
+            now_ns: now,
+            kv_cache_usage: stats.kv_cache_usage,
+            num_running: stats.num_running,
+            num_waiting: stats.num_waiting,
+            scheduled_tokens: result.scheduled_tokens,
+        });
+        progress(finished);
+    }
+    Ok(LiveResult {
+        journeys,
+        steps,
+        generated,
+    })
+}
