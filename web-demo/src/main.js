@@ -183,19 +183,23 @@ function summaryTable(runs) {
 }
 
 function charts(runs) {
-  const container = $('charts');
-  container.replaceChildren();
+  // All canvases are placed before any is drawn: the grid sizes them by how many there are.
+  const pending = [];
+  $('charts').replaceChildren();
   for (const run of runs) {
     const steps = run.steps ?? loadFromJourneys(run.journeys);
     const add = (title, series, options) => {
       const canvas = document.createElement('canvas');
-      container.append(canvas);
-      lineChart(canvas, `${run.label}: ${title}`, steps.t_ms, series, options);
+      pending.push(() => lineChart(canvas, `${run.label}: ${title}`, steps.t_ms, series, options));
+      return canvas;
     };
-    add('KV cache usage', steps.kv_cache_usage ? [{ label: 'kv', values: steps.kv_cache_usage }] : [], { max: 1 });
-    add('requests', [{ label: 'running', values: steps.num_running }, { label: 'waiting', values: steps.num_waiting }]);
-    add('tokens scheduled per step', steps.scheduled_tokens ? [{ label: 'tokens', values: steps.scheduled_tokens }] : []);
+    $('charts').append(
+      add('KV cache usage', steps.kv_cache_usage ? [{ label: 'kv', values: steps.kv_cache_usage }] : [], { max: 1 }),
+      add('requests', [{ label: 'running', values: steps.num_running }, { label: 'waiting', values: steps.num_waiting }]),
+      add('tokens scheduled per step', steps.scheduled_tokens ? [{ label: 'tokens', values: steps.scheduled_tokens }] : []),
+    );
   }
+  for (const draw of pending) draw();
 }
 
 function importLog(name, text) {

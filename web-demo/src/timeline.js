@@ -171,8 +171,8 @@ function niceStep(raw) {
   return [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
 }
 
-/** The legend's entries. */
+/** The legend's entries: phases, then event markers. */
 export function legend() {
   return [...PHASES.map((phase) => [phase, COLORS[phase]]),
-    ...Object.entries(MARKERS).map(([name, color]) => [name.toLowerCase().replace('_', ' '), color])];
+    ...Object.entries(MARKERS).map(([name, color]) => [`${name.toLowerCase().replace('_', ' ')} event`, color])];
 }

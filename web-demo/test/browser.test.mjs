@@ -101,6 +101,21 @@ test('swapping the policy changes the summary', async () => {
   assert.match(priority, /priority/);
 });
 
+test('two policies run side by side on the same workload', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('workload-size').fill('200');
+  await tab.getByTestId('policy-select').selectOption('fcfs');
+  await tab.getByTestId('compare-select').selectOption('priority');
+  await runAndWait(tab);
+  assert.equal(await tab.locator('.timeline').count(), 2);
+  assert.equal(await tab.getByTestId('request-lane').count(), 400);
+  const header = await tab.getByTestId('summary').locator('tr').first().textContent();
+  assert.match(header, /fcfs.*priority/);
+  await tab.screenshot({ path: join(artifacts, 'compare.png'), fullPage: true });
+  await tab.getByTestId('compare-select').selectOption('');
+  assert.deepEqual(problems, []);
+});
+
 test('the exported journeys equal `waypoint simulate` for the same settings, and import draws them', async () => {
   const { page: tab, problems } = await page();
   await tab.getByTestId('workload-size').fill('150');
@@ -139,6 +154,22 @@ test('live mode generates tokens with the tiny model on WebGPU, the component de
   assert.match(await summaryText(tab), /tokens generated on WebGPU36 \(\d+ steps\)/);
   await tab.screenshot({ path: join(artifacts, 'live-run.png'), fullPage: true });
   assert.deepEqual(problems, []);
+});
+
+test('bad settings and a file that is no journey log get clear errors, and the page keeps working', async () => {
+  const { page: tab } = await page();
+  await tab.getByTestId('workload-size').fill('10');
+  await tab.locator('#prompt-lengths').fill('lognormal');
+  await tab.getByTestId('run').click();
+  await tab.getByTestId('status').filter({ hasText: 'bad length distribution "lognormal"' }).waitFor();
+  assert.equal(await tab.getByTestId('status').getAttribute('class'), 'error');
+  const notJourneys = join(scratch, 'not-journeys.jsonl');
+  writeFileSync(notJourneys, '{"hello": 1}\nnot json\n');
+  await tab.getByTestId('import-journeys').setInputFiles(notJourneys);
+  await tab.getByTestId('status').filter({ hasText: 'no journey events found' }).waitFor();
+  await tab.locator('#prompt-lengths').fill('sharegpt');
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 10);
 });
 
 test('without WebGPU the page says so and runs the latency model', async () => {

@@ -9,6 +9,21 @@ use wasm_bindgen::prelude::*;
 
 pub use jco::JcoBackend;
 
+#[cfg(target_family = "wasm")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// Run the static constructors (cubecl registers its kernels' attributes in them) once, when
+/// the module starts. Calling them explicitly stops wasm-ld from wrapping every export in a
+/// call to them, which re-ran them on every call from JavaScript — thousands per step.
+#[cfg(target_family = "wasm")]
+#[wasm_bindgen(start)]
+fn start() {
+    // SAFETY: wasm-ld's constructor entry point; this is its only caller, once per instance.
+    unsafe { __wasm_call_ctors() }
+}
+
 /// Run `waypoint simulate` on a transpiled policy component. `component` is its `scheduler`
 /// interface, `origin` names it in the report, `spec` is a [`run::SimulationSpec`] as JSON and
 /// `progress` hears the number of finished requests after every step. Returns a
