@@ -84,6 +84,9 @@ test('a 200-request run draws 200 lanes', async () => {
   await runAndWait(tab);
   assert.equal(await tab.getByTestId('request-lane').count(), 200);
   assert.match(await summaryText(tab), /requests \(finished\)200 \(200\)/);
+  // The first lane's QUEUED marker sits at the time axis' origin, right of the labels.
+  await tab.locator('.scroller canvas').first().hover({ position: { x: 97, y: 21 } });
+  await tab.locator('#tooltip').filter({ hasText: /^req-0 · QUEUED\nt = 0\.000 ms · step 0\nphase WAITING/ }).waitFor();
   await tab.screenshot({ path: join(artifacts, 'finished-run.png'), fullPage: true });
   assert.deepEqual(problems, []);
 });
@@ -116,7 +119,7 @@ test('two policies run side by side on the same workload', async () => {
   assert.deepEqual(problems, []);
 });
 
-test('the exported journeys equal `waypoint simulate` for the same settings, and import draws them', async () => {
+test('the exported journeys equal `waypoint simulate` for the same settings, and import (picker or drop) draws them', async () => {
   const { page: tab, problems } = await page();
   await tab.getByTestId('workload-size').fill('150');
   await tab.getByTestId('policy-select').selectOption('fair');
@@ -139,6 +142,14 @@ test('the exported journeys equal `waypoint simulate` for the same settings, and
   await tab.getByTestId('import-journeys').setInputFiles(expected);
   await tab.getByTestId('status').filter({ hasText: 'expected.jsonl: 150 requests' }).waitFor();
   assert.equal(await tab.getByTestId('request-lane').count(), 150);
+
+  // Drag and drop takes the same path.
+  await tab.evaluate((text) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([text], 'dropped.jsonl'));
+    document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  }, want);
+  await tab.getByTestId('status').filter({ hasText: 'dropped.jsonl: 150 requests' }).waitFor();
   assert.deepEqual(problems, []);
 });
 
