@@ -39,6 +39,12 @@ function status(text, error = false) {
   $('status').className = error ? 'error' : '';
 }
 
+/** A number field that may be left empty (null then). */
+function optionalNumber(id) {
+  const text = $(id).value.trim();
+  return text === '' ? null : Number(text);
+}
+
 async function readFile(input) {
   const file = input.files?.[0];
   return file ? { name: file.name, text: await file.text() } : null;
@@ -76,6 +82,8 @@ async function settings() {
   const spec = {
     workload: workloadFile ? { jsonl: workloadFile.text } : { synthetic },
     latency_model: latencyFile?.text ?? null,
+    slo_ttft_ms: optionalNumber('slo-ttft'),
+    slo_tpot_ms: optionalNumber('slo-tpot'),
     engine,
   };
   const flags = workloadFile ? [`--workload ${workloadFile.name}`] : [
@@ -89,6 +97,8 @@ async function settings() {
   flags.push(`--max-num-seqs ${engine.max_num_seqs}`, `--max-num-batched-tokens ${engine.max_num_batched_tokens}`,
     `--max-model-len ${engine.max_model_len}`, `--num-blocks ${engine.num_blocks}`, `--block-size ${engine.block_size}`);
   if (!engine.enable_prefix_caching) flags.push('--no-enable-prefix-caching');
+  if (spec.slo_ttft_ms !== null) flags.push(`--slo-ttft-ms ${spec.slo_ttft_ms}`);
+  if (spec.slo_tpot_ms !== null) flags.push(`--slo-tpot-ms ${spec.slo_tpot_ms}`);
   return { spec, flags };
 }
 
@@ -117,7 +127,7 @@ async function run(event) {
         ? { type: 'live', policy, spec }
         : { type: 'simulate', policy, spec };
       const { result, elapsedMs } = await request(message, label);
-      runs.push({ label, text: result.journeys, journeys: parseJourneys(result.journeys), steps: result.steps, elapsedMs, report: result.report, generated: result.generated });
+      runs.push({ label, text: result.journeys, journeys: parseJourneys(result.journeys), steps: result.steps, elapsedMs, generated: result.generated });
     }
     show(runs);
     status(`done: ${runs.map((r) => `${r.label} in ${(r.elapsedMs / 1000).toFixed(2)} s`).join(', ')}`);
@@ -152,7 +162,8 @@ function show(runs) {
 }
 
 function summaryTable(runs) {
-  const summaries = runs.map((r) => summarize(r.journeys));
+  const slo = { ttftMs: optionalNumber('slo-ttft'), tpotMs: optionalNumber('slo-tpot') };
+  const summaries = runs.map((r) => summarize(r.journeys, slo));
   const f = (value, digits = 1) => (Number.isFinite(value) ? value.toFixed(digits) : '—');
   const pct = (key) => (s) => `${f(s[key].p50)} / ${f(s[key].p90)} / ${f(s[key].p99)}`;
   const rows = [
@@ -162,7 +173,7 @@ function summaryTable(runs) {
     ['e2e p50 / p90 / p99 (ms)', pct('e2eMs')],
     ['queue p50 / p90 / p99 (ms)', pct('queueMs')],
     ['preemptions', (s) => `${s.preemptions}`],
-    ['goodput (req/s)', (s) => f(s.goodputRps, 3)],
+    [slo.ttftMs === null && slo.tpotMs === null ? 'goodput (req/s)' : 'goodput (req/s within the objectives)', (s) => f(s.goodputRps, 3)],
     ['duration (s)', (s) => f(s.durationS, 3)],
   ];
   const table = $('summary');

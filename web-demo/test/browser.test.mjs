@@ -124,6 +124,8 @@ test('the exported journeys equal `waypoint simulate` for the same settings, and
   await tab.getByTestId('workload-size').fill('150');
   await tab.getByTestId('policy-select').selectOption('fair');
   await runAndWait(tab);
+  await tab.locator('#slo-ttft').fill('8000');
+  await runAndWait(tab);
   const download = tab.waitForEvent('download');
   await tab.getByTestId('export-journeys').click();
   const exported = join(scratch, 'exported.jsonl');
@@ -134,10 +136,22 @@ test('the exported journeys equal `waypoint simulate` for the same settings, and
   assert.equal(command[0], 'waypoint');
   const expected = join(scratch, 'expected.jsonl');
   const args = command.slice(1).map((arg) => (arg === 'journeys.jsonl' ? expected : arg));
-  execFileSync(waypoint, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  assert.ok(args.includes('--slo-ttft-ms'));
+  const reportPath = join(scratch, 'report.json');
+  execFileSync(waypoint, [...args, '--report', reportPath], { stdio: ['ignore', 'ignore', 'inherit'] });
   const want = readFileSync(expected, 'utf8');
   assert.ok(want.length > 0);
   assert.ok(readFileSync(exported, 'utf8') === want, 'exported journeys differ from waypoint simulate');
+
+  // The page's summary, computed from the journeys, agrees with the command's report.
+  const report = JSON.parse(readFileSync(reportPath, 'utf8'));
+  const summary = await summaryText(tab);
+  const triple = (p) => `${p.p50.toFixed(1)} / ${p.p90.toFixed(1)} / ${p.p99.toFixed(1)}`;
+  for (const expectedText of [triple(report.ttft_ms), triple(report.e2e_ms), triple(report.queue_ms),
+    `preemptions${report.preemptions}`, `within the objectives)${report.goodput_rps.toFixed(3)}`]) {
+    assert.ok(summary.includes(expectedText), `summary lacks ${expectedText}: ${summary}`);
+  }
+  await tab.locator('#slo-ttft').fill('');
 
   await tab.getByTestId('import-journeys').setInputFiles(expected);
   await tab.getByTestId('status').filter({ hasText: 'expected.jsonl: 150 requests' }).waitFor();
