@@ -1,6 +1,7 @@
 //! Through the real engine loop (scheduler + model over the paged KV cache), greedy outputs do
 //! not change with prefix caching on or off, with tiny prefill chunks, or with so few KV blocks
-//! that requests are preempted and recomputed — natively and through a policy component.
+//! that requests are preempted and recomputed — natively and through a policy component, with
+//! blocking or awaited steps.
 
 mod common;
 
@@ -48,8 +49,25 @@ fn base() -> SchedulerConfig {
     }
 }
 
+/// How the engine's steps are driven.
+#[derive(Clone, Copy, PartialEq)]
+enum Stepping {
+    /// `Engine::step`, as the server's engine thread does.
+    Blocking,
+    /// `Engine::step_async`, as the browser demo does on WebGPU.
+    Awaited,
+}
+
 /// Greedy outputs by request id, and the number of preemptions seen.
 fn generate(engine_backend: &str, config: SchedulerConfig) -> (BTreeMap<String, Vec<u32>>, usize) {
+    generate_stepping(engine_backend, config, Stepping::Blocking)
+}
+
+fn generate_stepping(
+    engine_backend: &str,
+    config: SchedulerConfig,
+    stepping: Stepping,
+) -> (BTreeMap<String, Vec<u32>>, usize) {
     let device = test_device();
     let model_config = ModelConfig::tiny();
     let model = Model::new(
@@ -83,10 +101,18 @@ fn generate(engine_backend: &str, config: SchedulerConfig) -> (BTreeMap<String, 
             )
             .expect("accepted");
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let (mut outputs, mut preemptions, mut now) = (BTreeMap::new(), 0, 0);
     while engine.num_unfinished() > 0 {
         now += 1000;
-        let step = engine.step(now, || now + 500).expect("step");
+        let step = match stepping {
+            Stepping::Blocking => engine.step(now, || now + 500).expect("step"),
+            Stepping::Awaited => runtime
+                .block_on(engine.step_async(now, || now + 500))
+                .expect("step"),
+        };
         preemptions += step
             .journey_events
             .iter()
@@ -153,6 +179,18 @@ fn a_policy_component_drives_the_model_to_the_same_greedy_outputs() {
             ..base()
         },
     );
+    assert!(preemptions > 0);
+    assert_eq!(outputs, expected);
+}
+
+#[test]
+fn awaited_steps_give_the_same_greedy_outputs_as_blocking_steps() {
+    let config = SchedulerConfig {
+        num_blocks: 33,
+        ..base()
+    };
+    let (expected, _) = generate("fcfs", config);
+    let (outputs, preemptions) = generate_stepping("fcfs", config, Stepping::Awaited);
     assert!(preemptions > 0);
     assert_eq!(outputs, expected);
 }
