@@ -1,7 +1,8 @@
 //! Engine flags shared by the commands that run a scheduler (vLLM's names where they exist).
 
 use clap::Args;
-use waypoint_scheduler::{JourneyConfig, SchedulerConfig};
+use waypoint_scheduler::SchedulerConfig;
+use waypoint_sim::settings::EngineSettings;
 
 /// Scheduler and KV cache settings.
 #[derive(Args, Clone, Debug)]
@@ -38,7 +39,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The scheduler configuration these flags describe, with journey tracing as given.
     pub fn config(&self, journey: bool) -> SchedulerConfig {
-        SchedulerConfig {
+        EngineSettings {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len: self.max_model_len,
@@ -47,9 +48,8 @@ impl EngineArgs {
             enable_prefix_caching: !self.no_enable_prefix_caching,
             enable_chunked_prefill: !self.no_enable_chunked_prefill,
             long_prefill_token_threshold: self.long_prefill_token_threshold,
-            journey: JourneyConfig { enabled: journey },
-            ..SchedulerConfig::default()
         }
+        .config(journey)
     }
 }
 

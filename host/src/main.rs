@@ -19,9 +19,10 @@ use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
 use waypoint::model::{open_device, DeviceChoice, LoadedModel, Model, ModelConfig, Weights};
 use waypoint::server::{self, AppState};
-use waypoint::sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
+use waypoint::sim::arrivals::{read_workload, Arrival, Synthetic, WorkloadError};
 use waypoint::sim::latency::LatencyModel;
 use waypoint::sim::report::{table, Report, Slo};
+use waypoint::sim::settings::SyntheticSettings;
 use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
@@ -161,21 +162,21 @@ struct SimulateArgs {
 
 impl SimulateArgs {
     fn synthetic(&self) -> Result<Synthetic> {
-        Ok(Synthetic {
+        SyntheticSettings {
             num_requests: self.num_requests,
-            request_rate: self.request_rate,
+            request_rate: Some(self.request_rate),
             burstiness: self.burstiness,
-            prompt_lengths: Lengths::parse(&self.prompt_lengths, true)
-                .map_err(anyhow::Error::msg)?,
-            output_lengths: Lengths::parse(&self.output_lengths, false)
-                .map_err(anyhow::Error::msg)?,
+            prompt_lengths: self.prompt_lengths.clone(),
+            output_lengths: self.output_lengths.clone(),
             prefix_fraction: self.prefix_fraction,
             prefix_groups: self.prefix_groups,
             prefix_len: self.prefix_len,
-            priorities: Mix::parse(&self.priorities).map_err(anyhow::Error::msg)?,
-            clients: Mix::parse(&self.clients).map_err(anyhow::Error::msg)?,
+            priorities: self.priorities.clone(),
+            clients: self.clients.clone(),
             seed: self.seed,
-        })
+        }
+        .synthetic()
+        .map_err(anyhow::Error::msg)
     }
 
     /// A fresh stream of the workload's arrivals (each run replays it from the start).

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod latency;
 pub mod report;
 pub mod rng;
+pub mod settings;
 pub mod trace;
 pub mod wire;
 

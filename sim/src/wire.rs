@@ -125,10 +125,11 @@ fn reference(requests: &LiveRequests, handle: u64) -> Result<RequestRef, GuestFa
     })
 }
 
-/// Rebuild the per-request records from the batch's parallel lists.
+/// Rebuild the per-request records from the batch's parallel lists; the requests it reports
+/// finished leave `requests`.
 pub fn scheduler_output(
     output: WireSchedulerOutput,
-    requests: &LiveRequests,
+    requests: &mut LiveRequests,
 ) -> Result<SchedulerOutput, GuestFault> {
     let batch = output.batch;
     let count = batch.handles.len();
@@ -169,7 +170,7 @@ pub fn scheduler_output(
         entry.block_ids = detail.block_ids;
         entry.token_ids = detail.token_ids;
     }
-    Ok(SchedulerOutput {
+    let rebuilt = SchedulerOutput {
         step: output.step,
         scheduled,
         total_num_scheduled_tokens: output.total_num_scheduled_tokens,
@@ -185,7 +186,11 @@ pub fn scheduler_output(
             .collect::<Result<_, _>>()?,
         journey_events: output.journey_events,
         step_events: output.step_events,
-    })
+    };
+    for finished in &rebuilt.finished {
+        requests.remove(&finished.handle);
+    }
+    Ok(rebuilt)
 }
 
 /// Rebuild the per-request outputs from the parallel lists.

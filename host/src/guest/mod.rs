@@ -382,12 +382,9 @@ impl SchedulerBackend for GuestBackend {
                 .scheduler()
                 .call_schedule(store, s, now_ns)
         })?;
-        let converted = wire::scheduler_output(convert::scheduler_output(output), &self.requests);
-        let output = self.checked(converted)?;
-        for finished in &output.finished {
-            self.requests.remove(&finished.handle);
-        }
-        Ok(output)
+        let converted =
+            wire::scheduler_output(convert::scheduler_output(output), &mut self.requests);
+        self.checked(converted)
     }
 
     fn update_from_output(

@@ -135,12 +135,8 @@ impl SchedulerBackend for JcoBackend {
     fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         let output = self.infallible("schedule", &[now_ns.into()])?;
         let converted = scheduler_output(&output)
-            .and_then(|output| wire::scheduler_output(output, &self.requests));
-        let output = self.checked(converted)?;
-        for finished in &output.finished {
-            self.requests.remove(&finished.handle);
-        }
-        Ok(output)
+            .and_then(|output| wire::scheduler_output(output, &mut self.requests));
+        self.checked(converted)
     }
 
     fn update_from_output(

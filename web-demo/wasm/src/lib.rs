@@ -36,7 +36,7 @@ pub fn simulate(
     progress: Option<js_sys::Function>,
 ) -> Result<String, JsError> {
     let spec = run::SimulationSpec::from_json(spec)?;
-    let mut backend = JcoBackend::new(component, spec.engine.config(), origin)?;
+    let mut backend = JcoBackend::new(component, spec.config(), origin)?;
     let report = |finished: u64| report_progress(progress.as_ref(), finished);
     let result = run::run(&mut backend, &spec, &report)?;
     Ok(serde_json::to_string(&result)?)
@@ -54,7 +54,7 @@ pub async fn live(
     progress: Option<js_sys::Function>,
 ) -> Result<String, JsError> {
     let spec = run::SimulationSpec::from_json(&spec)?;
-    let backend = JcoBackend::new(&component, spec.engine.config(), &origin)?;
+    let backend = JcoBackend::new(&component, spec.config(), &origin)?;
     let elapsed_ms = || {
         now_ms
             .call0(&JsValue::NULL)

@@ -88,7 +88,7 @@ pub async fn run<B: SchedulerBackend + 'static>(
 ) -> Result<LiveResult, LiveError> {
     let loaded = waypoint_model::tiny(webgpu().await?);
     let vocab_size = loaded.model.config().vocab_size as u32;
-    let mut engine = Engine::new(Box::new(backend), loaded.model, &spec.engine.config());
+    let mut engine = Engine::new(Box::new(backend), loaded.model, &spec.config());
     let mut pending = spec.arrivals()?.into_iter().peekable();
     let mut journeys = String::new();
     let mut steps = StepSeries::default();

@@ -4,11 +4,12 @@
 use std::io::BufReader;
 
 use serde::{Deserialize, Serialize};
-use waypoint_scheduler::{JourneyConfig, SchedulerConfig};
-use waypoint_sim::arrivals::{read_workload, Arrival, Lengths, Mix, Synthetic, WorkloadError};
+use waypoint_scheduler::SchedulerConfig;
+use waypoint_sim::arrivals::{read_workload, Arrival, WorkloadError};
 use waypoint_sim::backend::SchedulerBackend;
 use waypoint_sim::latency::LatencyModel;
 use waypoint_sim::report::{Report, Slo};
+use waypoint_sim::settings::{EngineSettings, SyntheticSettings};
 use waypoint_sim::{simulate, Outputs, Settings, SimError, StepSample};
 
 /// Why a simulation could not run.
@@ -38,7 +39,7 @@ pub struct SimulationSpec {
     #[serde(default)]
     pub slo_tpot_ms: Option<f64>,
     /// The engine flags.
-    pub engine: EngineSpec,
+    pub engine: EngineSettings,
 }
 
 /// `--workload FILE` or the synthetic generator's flags.
@@ -48,79 +49,15 @@ pub enum WorkloadSpec {
     /// A workload file's JSON Lines.
     Jsonl(String),
     /// The synthetic generator.
-    Synthetic(SyntheticSpec),
-}
-
-/// The synthetic generator's flags, in their command-line forms.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyntheticSpec {
-    /// `--num-requests`.
-    pub num_requests: u64,
-    /// `--request-rate`; absent means `inf` (JSON has no infinity).
-    #[serde(default)]
-    pub request_rate: Option<f64>,
-    /// `--burstiness`.
-    pub burstiness: f64,
-    /// `--prompt-lengths`.
-    pub prompt_lengths: String,
-    /// `--output-lengths`.
-    pub output_lengths: String,
-    /// `--prefix-fraction`.
-    pub prefix_fraction: f64,
-    /// `--prefix-groups`.
-    pub prefix_groups: u32,
-    /// `--prefix-len`.
-    pub prefix_len: u32,
-    /// `--priorities`.
-    pub priorities: String,
-    /// `--clients`.
-    pub clients: String,
-    /// `--seed`.
-    pub seed: u64,
-}
-
-/// The engine flags `waypoint simulate` shares with `serve`.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSpec {
-    /// `--max-num-seqs`.
-    pub max_num_seqs: u32,
-    /// `--max-num-batched-tokens`.
-    pub max_num_batched_tokens: u32,
-    /// `--max-model-len`.
-    pub max_model_len: u32,
-    /// `--num-blocks`.
-    pub num_blocks: u32,
-    /// `--block-size`.
-    pub block_size: u32,
-    /// Off with `--no-enable-prefix-caching`.
-    pub enable_prefix_caching: bool,
-    /// Off with `--no-enable-chunked-prefill`.
-    pub enable_chunked_prefill: bool,
-    /// `--long-prefill-token-threshold`.
-    pub long_prefill_token_threshold: u32,
-}
-
-impl EngineSpec {
-    /// The scheduler configuration, journeys on, as `waypoint simulate` builds it.
-    pub fn config(&self) -> SchedulerConfig {
-        SchedulerConfig {
-            max_num_seqs: self.max_num_seqs,
-            max_num_batched_tokens: self.max_num_batched_tokens,
-            max_model_len: self.max_model_len,
-            num_blocks: self.num_blocks,
-            block_size: self.block_size,
-            enable_prefix_caching: self.enable_prefix_caching,
-            enable_chunked_prefill: self.enable_chunked_prefill,
-            long_prefill_token_threshold: self.long_prefill_token_threshold,
-            journey: JourneyConfig { enabled: true },
-            ..SchedulerConfig::default()
-        }
-    }
+    Synthetic(SyntheticSettings),
 }
 
 impl SimulationSpec {
+    /// The scheduler configuration, journeys on, as `waypoint simulate` builds it.
+    pub fn config(&self) -> SchedulerConfig {
+        self.engine.config(true)
+    }
+
     /// Parse the page's JSON.
     pub fn from_json(text: &str) -> Result<Self, RunError> {
         serde_json::from_str(text).map_err(|e| RunError::Settings(e.to_string()))
@@ -146,27 +83,12 @@ impl SimulationSpec {
     pub fn arrivals(&self) -> Result<Vec<Result<Arrival, WorkloadError>>, RunError> {
         Ok(match &self.workload {
             WorkloadSpec::Jsonl(text) => read_workload(BufReader::new(text.as_bytes())).collect(),
-            WorkloadSpec::Synthetic(spec) => spec.synthetic()?.arrivals().map(Ok).collect(),
-        })
-    }
-}
-
-impl SyntheticSpec {
-    fn synthetic(&self) -> Result<Synthetic, RunError> {
-        Ok(Synthetic {
-            num_requests: self.num_requests,
-            request_rate: self.request_rate.unwrap_or(f64::INFINITY),
-            burstiness: self.burstiness,
-            prompt_lengths: Lengths::parse(&self.prompt_lengths, true)
-                .map_err(RunError::Settings)?,
-            output_lengths: Lengths::parse(&self.output_lengths, false)
-                .map_err(RunError::Settings)?,
-            prefix_fraction: self.prefix_fraction,
-            prefix_groups: self.prefix_groups,
-            prefix_len: self.prefix_len,
-            priorities: Mix::parse(&self.priorities).map_err(RunError::Settings)?,
-            clients: Mix::parse(&self.clients).map_err(RunError::Settings)?,
-            seed: self.seed,
+            WorkloadSpec::Synthetic(settings) => settings
+                .synthetic()
+                .map_err(RunError::Settings)?
+                .arrivals()
+                .map(Ok)
+                .collect(),
         })
     }
 }
@@ -255,7 +177,7 @@ mod tests {
             "priorities": "0", "clients": "0", "seed": 3}}"#,
         ))
         .expect("spec");
-        let mut backend = NativeBackend::new(spec.engine.config()).expect("backend");
+        let mut backend = NativeBackend::new(spec.config()).expect("backend");
         let result = run(&mut backend, &spec, &|_| {}).expect("run");
         let finished = result
             .journeys
@@ -277,7 +199,7 @@ mod tests {
         );
         let workload = serde_json::json!({ "jsonl": lines }).to_string();
         let spec = SimulationSpec::from_json(&spec(&workload)).expect("spec");
-        let mut backend = NativeBackend::new(spec.engine.config()).expect("backend");
+        let mut backend = NativeBackend::new(spec.config()).expect("backend");
         let result = run(&mut backend, &spec, &|_| {}).expect("run");
         assert_eq!(result.report.requests, 2);
     }
