@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -139,6 +140,20 @@ class OpenAIClient(unittest.TestCase):
             client().completions.create(model="tiny", prompt="x", n=2)
 
 
+def wait_until_ready(prometheus, deadline):
+    """Prometheus listens before its storage is ready and answers 503 until then."""
+    while True:
+        try:
+            with urllib.request.urlopen(f"{prometheus}/-/ready", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if time.time() > deadline:
+            raise AssertionError("Prometheus did not become ready")
+        time.sleep(0.5)
+
+
 def query(prometheus, expression):
     url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
     with urllib.request.urlopen(url, timeout=5) as reply:
@@ -167,6 +182,7 @@ class PrometheusScrape(unittest.TestCase):
                 wait_for_port(port, process)
                 prometheus = f"http://127.0.0.1:{port}"
                 deadline = time.time() + 60
+                wait_until_ready(prometheus, deadline)
                 result = []
                 while time.time() < deadline and not result:
                     result = query(prometheus,
