@@ -178,11 +178,15 @@ test('live mode generates tokens with the tiny model on WebGPU, the component de
   assert.equal(await tab.getByTestId('request-lane').count(), 6);
   assert.match(await summaryText(tab), /tokens generated on WebGPU36 \(\d+ steps\)/);
   await tab.screenshot({ path: join(artifacts, 'live-run.png'), fullPage: true });
+  await tab.getByTestId('mode-select').selectOption('simulate');
+  await tab.locator('#prompt-lengths').fill('sharegpt');
+  await tab.locator('#output-lengths').fill('sharegpt');
   assert.deepEqual(problems, []);
 });
 
 test('bad settings and a file that is no journey log get clear errors, and the page keeps working', async () => {
   const { page: tab } = await page();
+  await tab.getByTestId('mode-select').selectOption('simulate');
   await tab.getByTestId('workload-size').fill('10');
   await tab.locator('#prompt-lengths').fill('lognormal');
   await tab.getByTestId('run').click();
