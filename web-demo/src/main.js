@@ -147,6 +147,8 @@ function show(runs) {
   };
   const container = $('timelines');
   container.replaceChildren();
+  const timelines = [];
+  const zoomAll = (next) => timelines.forEach((timeline) => timeline.zoom(next));
   for (const run of runs) {
     const section = document.createElement('div');
     section.className = 'timeline';
@@ -155,7 +157,9 @@ function show(runs) {
     const body = document.createElement('div');
     section.append(title, body);
     container.append(section);
-    new Timeline(body, $('tooltip')).show(run.journeys, runs.length > 1 ? range : undefined);
+    const timeline = new Timeline(body, $('tooltip'));
+    timelines.push(timeline);
+    timeline.show(run.journeys, range, zoomAll);
   }
   summaryTable(runs);
   charts(runs);

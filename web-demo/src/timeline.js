@@ -1,6 +1,7 @@
 // The timeline: one lane per request on a canvas (only the lanes in view are drawn, so
 // thousands scroll smoothly), phases in colour, a marker per journey event, and a tooltip with
 // the event's snapshot. Each lane also has a DOM label (`data-testid="request-lane"`).
+// Ctrl+wheel zooms in time around the pointer, Shift+wheel pans, a double click shows it all.
 import { PHASES } from './journeys.js';
 
 export const COLORS = {
@@ -36,13 +37,21 @@ export class Timeline {
     this.scroller.addEventListener('scroll', () => this.draw(), { passive: true });
     this.canvas.addEventListener('mousemove', (event) => this.hover(event));
     this.canvas.addEventListener('mouseleave', () => { this.tooltip.hidden = true; });
+    this.canvas.addEventListener('wheel', (event) => this.wheel(event), { passive: false });
+    this.canvas.addEventListener('dblclick', () => this.onZoom?.(this.full));
     new ResizeObserver(() => this.draw()).observe(this.scroller);
   }
 
-  /** Show `journeys` (from parseJourneys); `endNs` aligns two timelines being compared. */
-  show(journeys, range) {
+  /**
+   * Show `journeys` (from parseJourneys). `range` aligns timelines being compared, and
+   * `onZoom` hears every change of the time range, to apply it to them all.
+   */
+  show(journeys, range, onZoom) {
     this.journeys = journeys;
-    this.range = range ?? { startNs: journeys.startNs, endNs: journeys.endNs };
+    this.full = range ?? { startNs: journeys.startNs, endNs: journeys.endNs };
+    this.range = this.full;
+    this.container.dataset.rangeNs = `${this.full.startNs}-${this.full.endNs}`;
+    this.onZoom = onZoom ?? ((next) => this.zoom(next));
     const count = journeys.requests.length;
     const height = this.scroller.clientHeight || 420;
     this.laneHeight = Math.max(3, Math.min(18, Math.floor((height - AXIS_HEIGHT) / Math.max(count, 1))));
@@ -62,11 +71,43 @@ export class Timeline {
     this.draw();
   }
 
-  /** Time of an x position on the canvas, and back. */
+  /** The x position of a time on the canvas. */
   x(ns) {
-    const width = this.canvas.clientWidth - LABEL_WIDTH - 8;
     const span = Math.max(this.range.endNs - this.range.startNs, 1);
-    return LABEL_WIDTH + ((ns - this.range.startNs) / span) * width;
+    return LABEL_WIDTH + ((ns - this.range.startNs) / span) * this.plotWidth();
+  }
+
+  /** The time at an x position on the canvas. */
+  time(x) {
+    return this.range.startNs + ((x - LABEL_WIDTH) / this.plotWidth()) * (this.range.endNs - this.range.startNs);
+  }
+
+  plotWidth() {
+    return Math.max(this.canvas.clientWidth - LABEL_WIDTH - 8, 1);
+  }
+
+  /** Show `range` (clamped to the run), redrawn. */
+  zoom(range) {
+    const span = Math.min(Math.max(range.endNs - range.startNs, 1000), this.full.endNs - this.full.startNs);
+    const startNs = Math.min(Math.max(range.startNs, this.full.startNs), this.full.endNs - span);
+    this.range = { startNs, endNs: startNs + span };
+    this.container.dataset.rangeNs = `${Math.round(startNs)}-${Math.round(startNs + span)}`;
+    this.draw();
+  }
+
+  wheel(event) {
+    if (!this.journeys || !(event.ctrlKey || event.metaKey || event.shiftKey)) return;
+    event.preventDefault();
+    const span = this.range.endNs - this.range.startNs;
+    if (event.shiftKey) {
+      const shift = (event.deltaY || event.deltaX) / this.plotWidth() * span;
+      this.onZoom({ startNs: this.range.startNs + shift, endNs: this.range.endNs + shift });
+      return;
+    }
+    const pointer = event.clientX - this.canvas.getBoundingClientRect().left;
+    const at = this.time(Math.max(pointer, LABEL_WIDTH));
+    const factor = Math.exp(event.deltaY * 0.002);
+    this.onZoom({ startNs: at - (at - this.range.startNs) * factor, endNs: at + (this.range.endNs - at) * factor });
   }
 
   draw() {
@@ -88,11 +129,16 @@ export class Timeline {
     const requests = this.journeys.requests;
     const first = Math.max(0, Math.floor(top / lane));
     const last = Math.min(requests.length, Math.ceil((top + height) / lane) + 1);
+    context.save();
+    context.beginPath();
+    context.rect(LABEL_WIDTH, 0, width - LABEL_WIDTH, height);
+    context.clip();
     for (let index = first; index < last; index++) {
       const request = requests[index];
       const y = AXIS_HEIGHT + index * lane - top;
       const bar = Math.max(lane - 1, 1);
       for (const [phase, from, to] of request.segments) {
+        if (to < this.range.startNs || from > this.range.endNs) continue;
         context.fillStyle = COLORS[phase];
         const x0 = this.x(from);
         context.fillRect(x0, y, Math.max(this.x(to) - x0, 1), bar);
@@ -104,6 +150,7 @@ export class Timeline {
         }
       }
     }
+    context.restore();
     this.axis(context, width);
   }
 
@@ -112,12 +159,14 @@ export class Timeline {
     context.fillRect(0, 0, width, AXIS_HEIGHT);
     context.fillStyle = '#495057';
     context.font = '11px system-ui, sans-serif';
-    const span = (this.range.endNs - this.range.startNs) / 1e9;
-    const step = niceStep(span / 8);
-    for (let t = 0; t <= span + 1e-9 && step > 0; t += step) {
-      const x = this.x(this.range.startNs + t * 1e9);
+    // Ticks at round times since the run's start, whatever the zoom.
+    const from = (this.range.startNs - this.full.startNs) / 1e9;
+    const to = (this.range.endNs - this.full.startNs) / 1e9;
+    const step = niceStep((to - from) / 8);
+    for (let t = step > 0 ? Math.ceil(from / step) * step : to + 1; t <= to + 1e-12; t += step) {
+      const x = this.x(this.full.startNs + t * 1e9);
       context.fillRect(x, AXIS_HEIGHT - 5, 1, 5);
-      context.fillText(`${+t.toFixed(3)} s`, x + 2, AXIS_HEIGHT - 7);
+      context.fillText(`${+t.toFixed(6)} s`, x + 2, AXIS_HEIGHT - 7);
     }
   }
 
@@ -149,8 +198,7 @@ export class Timeline {
         + (e.finish_status ? ` · ${e.finish_status}` : '')
         + ` · client ${e.client_index}`;
     } else {
-      const ns = this.range.startNs + ((px - LABEL_WIDTH) / (this.canvas.clientWidth - LABEL_WIDTH - 8))
-        * (this.range.endNs - this.range.startNs);
+      const ns = this.time(px);
       const segment = request.segments.find(([, from, to]) => ns >= from && ns <= to);
       if (!segment) {
         this.tooltip.hidden = true;

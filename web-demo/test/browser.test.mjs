@@ -115,6 +115,21 @@ test('two policies run side by side on the same workload', async () => {
   const header = await tab.getByTestId('summary').locator('tr').first().textContent();
   assert.match(header, /fcfs.*priority/);
   await tab.screenshot({ path: join(artifacts, 'compare.png'), fullPage: true });
+
+  // Zooming one timeline zooms both; a double click shows the whole run again.
+  const ranges = () => tab.locator('.timeline > div').evaluateAll((nodes) => nodes.map((n) => n.dataset.rangeNs));
+  const [whole] = await ranges();
+  const canvas = tab.locator('.scroller canvas').first();
+  await canvas.hover({ position: { x: 400, y: 100 } });
+  await tab.keyboard.down('Control');
+  await tab.mouse.wheel(0, -500);
+  await tab.keyboard.up('Control');
+  const zoomed = await ranges();
+  const span = (range) => range.split('-').map(Number).reduce((start, end) => end - start);
+  assert.equal(zoomed[0], zoomed[1]);
+  assert.ok(span(zoomed[0]) < span(whole) / 2, `${zoomed[0]} vs ${whole}`);
+  await canvas.dblclick({ position: { x: 400, y: 100 } });
+  assert.deepEqual(await ranges(), [whole, whole]);
   await tab.getByTestId('compare-select').selectOption('');
   assert.deepEqual(problems, []);
 });
