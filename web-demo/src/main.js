@@ -5,14 +5,31 @@ import { Timeline, legend } from './timeline.js';
 import { lineChart } from './charts.js';
 
 const $ = (id) => document.getElementById(id);
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 const pending = new Map();
+let worker = startWorker();
 let nextId = 1;
 /** The runs on screen: [{label, journeys, text, steps}], the first one is exported. */
 let shown = [];
 let gpu = null;
 
-worker.onmessage = ({ data }) => {
+/**
+ * The simulation thread. Stop terminates it — the only way to end a run inside a component
+ * or a long live run — and starts a fresh one.
+ */
+function startWorker() {
+  const thread = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  thread.onmessage = receive;
+  return thread;
+}
+
+function stop() {
+  worker.terminate();
+  for (const job of pending.values()) job.reject(new Error('stopped'));
+  pending.clear();
+  worker = startWorker();
+}
+
+function receive({ data }) {
   const job = pending.get(data.id);
   if (!job) return;
   if (data.type === 'progress') {
@@ -24,7 +41,7 @@ worker.onmessage = ({ data }) => {
     pending.delete(data.id);
     job.reject(new Error(data.message));
   }
-};
+}
 
 function request(message, label) {
   const id = nextId++;
@@ -118,6 +135,7 @@ async function run(event) {
   const policies = [$('policy').value, $('compare').value].filter(Boolean);
   const live = $('mode').value === 'live';
   $('run').disabled = true;
+  $('stop').disabled = false;
   try {
     const runs = [];
     for (const policy of policies) {
@@ -135,6 +153,7 @@ async function run(event) {
     status(String(error.message ?? error), true);
   } finally {
     $('run').disabled = false;
+    $('stop').disabled = true;
   }
 }
 
@@ -257,6 +276,7 @@ async function probeGpu() {
 $('controls').addEventListener('submit', run);
 $('controls').addEventListener('input', updateCommand);
 $('export').addEventListener('click', exportLog);
+$('stop').addEventListener('click', stop);
 $('import').addEventListener('change', async () => {
   const file = await readFile($('import'));
   if (file) importLog(file.name, file.text);

@@ -216,6 +216,21 @@ test('bad settings and a file that is no journey log get clear errors, and the p
   assert.equal(await tab.getByTestId('request-lane').count(), 10);
 });
 
+test('Stop ends a long live run and the next run works', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('mode-select').selectOption('live');
+  await tab.getByTestId('workload-size').fill('200');
+  await tab.getByTestId('run').click();
+  await tab.getByTestId('status').filter({ hasText: 'live on WebGPU' }).waitFor();
+  await tab.getByTestId('stop').click();
+  await tab.getByTestId('status').filter({ hasText: /^stopped$/ }).waitFor();
+  await tab.getByTestId('mode-select').selectOption('simulate');
+  await tab.getByTestId('workload-size').fill('30');
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 30);
+  assert.deepEqual(problems, []);
+});
+
 test('without WebGPU the page says so and runs the latency model', async () => {
   const { page: tab, problems } = await open({ webgpu: false });
   assert.equal(await tab.getByTestId('backend').textContent(), 'latency-model');
