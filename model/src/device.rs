@@ -20,7 +20,7 @@ pub enum DeviceError {
     #[error("this waypoint was built without GPU support: rebuild with `--features wgpu`")]
     WgpuNotBuilt,
     /// In a browser the GPU opens asynchronously.
-    #[error("in a browser WebGPU opens asynchronously: use `open_async`")]
+    #[error("in a browser WebGPU opens asynchronously: use `open_device_async`")]
     AsyncOnly,
     /// wgpu found no usable adapter.
     #[error("wgpu found no usable GPU adapter ({0}); on Linux without a GPU, Mesa's lavapipe (Debian `mesa-vulkan-drivers`) provides one")]

@@ -125,6 +125,73 @@ pub enum WorkloadError {
         /// What is wrong with it.
         message: String,
     },
+    /// Arrivals went back in time.
+    #[error("request {id:?} arrives before the request listed ahead of it; list requests in arrival order")]
+    OutOfOrder {
+        /// The offending request.
+        id: String,
+    },
+}
+
+/// A workload's arrivals released by the clock, in order: each when its time or its step has
+/// come. Simulations and the browser's live mode admit requests through it.
+pub struct ArrivalQueue<I: Iterator<Item = Result<Arrival, WorkloadError>>> {
+    pending: std::iter::Peekable<I>,
+    last_arrival_ns: u64,
+}
+
+impl<I: Iterator<Item = Result<Arrival, WorkloadError>>> ArrivalQueue<I> {
+    /// The queue of `arrivals`.
+    pub fn new(arrivals: I) -> Self {
+        Self {
+            pending: arrivals.peekable(),
+            last_arrival_ns: 0,
+        }
+    }
+
+    /// The next arrival due at `now_ns` or by engine step `step`, with the time it arrives
+    /// (`now_ns` for one given by step); `None` when none is due yet.
+    pub fn next_due(
+        &mut self,
+        now_ns: u64,
+        step: u64,
+    ) -> Result<Option<(Arrival, u64)>, WorkloadError> {
+        let due = match self.pending.peek() {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(arrival)) => match arrival.at {
+                ArrivalTime::Ns(t) => t <= now_ns,
+                ArrivalTime::Step(k) => k <= step,
+            },
+        };
+        if !due {
+            return Ok(None);
+        }
+        let arrival = match self.pending.next() {
+            Some(Ok(arrival)) => arrival,
+            Some(Err(error)) => return Err(error),
+            None => return Ok(None),
+        };
+        let at = match arrival.at {
+            ArrivalTime::Ns(t) if t < self.last_arrival_ns => {
+                return Err(WorkloadError::OutOfOrder { id: arrival.id })
+            }
+            ArrivalTime::Ns(t) => {
+                self.last_arrival_ns = t;
+                t
+            }
+            ArrivalTime::Step(_) => now_ns,
+        };
+        Ok(Some((arrival, at)))
+    }
+
+    /// When the next arrival not yet due comes; `None` when none is left.
+    pub fn next_at(&mut self) -> Option<ArrivalTime> {
+        self.pending
+            .peek()
+            .and_then(|item| item.as_ref().ok())
+            .map(|arrival| arrival.at)
+    }
 }
 
 #[derive(Deserialize)]
@@ -411,5 +478,60 @@ impl Synthetic {
                 client: self.clients.sample(&mut rng).max(0) as u32,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(lines: &str) -> ArrivalQueue<impl Iterator<Item = Result<Arrival, WorkloadError>>> {
+        ArrivalQueue::new(
+            read_workload(lines.as_bytes())
+                .collect::<Vec<_>>()
+                .into_iter(),
+        )
+    }
+
+    #[test]
+    fn arrivals_are_released_when_their_time_or_step_comes() {
+        let mut arrivals = queue(concat!(
+            r#"{"id": "a", "arrival_ms": 0, "prompt_len": 4, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "b", "arrival_ms": 5, "prompt_len": 4, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "c", "arrival_step": 3, "prompt_len": 4, "output_len": 1}"#,
+        ));
+        let (first, at) = arrivals.next_due(0, 0).expect("valid").expect("due");
+        assert_eq!((first.id.as_str(), at), ("a", 0));
+        assert!(arrivals.next_due(4_999_999, 0).expect("valid").is_none());
+        assert_eq!(arrivals.next_at(), Some(ArrivalTime::Ns(5_000_000)));
+        let (second, at) = arrivals
+            .next_due(7_000_000, 0)
+            .expect("valid")
+            .expect("due");
+        assert_eq!((second.id.as_str(), at), ("b", 5_000_000));
+        assert!(arrivals.next_due(9_000_000, 2).expect("valid").is_none());
+        let (third, at) = arrivals
+            .next_due(9_000_000, 3)
+            .expect("valid")
+            .expect("due");
+        assert_eq!((third.id.as_str(), at), ("c", 9_000_000));
+        assert_eq!(arrivals.next_at(), None);
+    }
+
+    #[test]
+    fn an_arrival_listed_after_a_later_one_is_named() {
+        let mut arrivals = queue(concat!(
+            r#"{"id": "late", "arrival_ms": 10, "prompt_len": 4, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "early", "arrival_ms": 2, "prompt_len": 4, "output_len": 1}"#,
+        ));
+        assert!(arrivals.next_due(20_000_000, 0).expect("valid").is_some());
+        let error = arrivals.next_due(20_000_000, 0).expect_err("out of order");
+        assert!(
+            matches!(error, WorkloadError::OutOfOrder { ref id } if id == "early"),
+            "{error}"
+        );
     }
 }

@@ -13,14 +13,13 @@ pub mod trace;
 pub mod wire;
 
 use std::io::{self, Write};
-use std::iter::Peekable;
 
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 use waypoint_scheduler::{JourneyEvent, JourneyEventType, ModelOutput, NewRequest, ScheduledKind};
 
 use crate::backend::{BackendError, SchedulerBackend};
-use arrivals::{sampled_token, Arrival, ArrivalTime, WorkloadError, EOS};
+use arrivals::{sampled_token, Arrival, ArrivalQueue, ArrivalTime, WorkloadError, EOS};
 use latency::{BatchShape, LatencyModel};
 use report::{ms, Metrics, Report, ReportHeader, Slo};
 use trace::ChromeTrace;
@@ -37,12 +36,6 @@ pub enum SimError {
     /// An output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] io::Error),
-    /// Arrivals went back in time.
-    #[error("request {id:?} arrives before the request listed ahead of it; list requests in arrival order")]
-    OutOfOrder {
-        /// The offending request.
-        id: String,
-    },
 }
 
 /// What a simulation writes besides its report.
@@ -104,7 +97,6 @@ struct Run<'o, 'w> {
     requests: u64,
     finished: u64,
     first_arrival: Option<u64>,
-    last_arrival_ns: u64,
 }
 
 impl Run<'_, '_> {
@@ -257,42 +249,15 @@ impl Run<'_, '_> {
         Ok(())
     }
 
-    /// Add every arrival due now; returns the time of the next one not yet due.
+    /// Add every arrival due now.
     fn admit<I: Iterator<Item = Result<Arrival, WorkloadError>>>(
         &mut self,
-        pending: &mut Peekable<I>,
-    ) -> Result<Option<ArrivalTime>, SimError> {
-        loop {
-            if let Some(Err(_)) = pending.peek() {
-                if let Some(Err(error)) = pending.next() {
-                    return Err(error.into());
-                }
-            }
-            let Some(Ok(arrival)) = pending.peek() else {
-                return Ok(None);
-            };
-            let due = match arrival.at {
-                ArrivalTime::Ns(t) => t <= self.now,
-                ArrivalTime::Step(k) => k <= self.iteration,
-            };
-            if !due {
-                return Ok(Some(arrival.at));
-            }
-            let Some(Ok(arrival)) = pending.next() else {
-                return Ok(None);
-            };
-            let at = match arrival.at {
-                ArrivalTime::Ns(t) if t < self.last_arrival_ns => {
-                    return Err(SimError::OutOfOrder { id: arrival.id })
-                }
-                ArrivalTime::Ns(t) => {
-                    self.last_arrival_ns = t;
-                    t
-                }
-                ArrivalTime::Step(_) => self.now,
-            };
+        arrivals: &mut ArrivalQueue<I>,
+    ) -> Result<(), SimError> {
+        while let Some((arrival, at)) = arrivals.next_due(self.now, self.iteration)? {
             self.add(arrival, at)?;
         }
+        Ok(())
     }
 }
 
@@ -314,13 +279,12 @@ pub fn simulate(
         requests: 0,
         finished: 0,
         first_arrival: None,
-        last_arrival_ns: 0,
     };
-    let mut pending = arrivals.peekable();
+    let mut arrivals = ArrivalQueue::new(arrivals);
     loop {
-        let next = run.admit(&mut pending)?;
+        run.admit(&mut arrivals)?;
         if run.live.is_empty() {
-            match next {
+            match arrivals.next_at() {
                 None => break,
                 Some(ArrivalTime::Ns(t)) => run.now = run.now.max(t),
                 Some(ArrivalTime::Step(k)) => run.iteration = run.iteration.max(k),

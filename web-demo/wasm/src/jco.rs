@@ -342,15 +342,11 @@ impl Record {
             .ok_or_else(|| contract(format!("{name} is not a bool")))
     }
 
+    /// A string, or a WIT enum as jco's kebab-case name.
     fn string(&self, name: &str) -> Result<String, GuestFault> {
         self.get(name)?
             .as_string()
             .ok_or_else(|| contract(format!("{name} is not a string")))
-    }
-
-    /// A WIT enum, as jco's kebab-case string.
-    fn name(&self, field: &str) -> Result<String, GuestFault> {
-        self.string(field)
     }
 
     fn u32s(&self, name: &str) -> Result<Vec<u32>, GuestFault> {
@@ -546,7 +542,7 @@ fn phase(name: &str) -> Result<Phase, GuestFault> {
 fn journey_event(event: &Record) -> Result<JourneyEvent, GuestFault> {
     Ok(JourneyEvent {
         request_id: event.string("requestId")?.into(),
-        event_type: match event.name("eventType")?.as_str() {
+        event_type: match event.string("eventType")?.as_str() {
             "queued" => JourneyEventType::Queued,
             "scheduled" => JourneyEventType::Scheduled,
             "first-token" => JourneyEventType::FirstToken,
@@ -560,7 +556,7 @@ fn journey_event(event: &Record) -> Result<JourneyEvent, GuestFault> {
         prefill_total_tokens: event.u32("prefillTotalTokens")?,
         decode_done_tokens: event.u32("decodeDoneTokens")?,
         decode_max_tokens: event.u32("decodeMaxTokens")?,
-        phase: phase(&event.name("phase")?)?,
+        phase: phase(&event.string("phase")?)?,
         num_preemptions_so_far: event.u32("numPreemptionsSoFar")?,
         schedule_kind: match event.optional("scheduleKind").and_then(|v| v.as_string()) {
             None => None,
@@ -606,7 +602,7 @@ fn step_event(event: &Record) -> Result<StepEvent, GuestFault> {
         "request-snapshot" => StepEvent::RequestSnapshot(RequestSnapshot {
             step_id: val.u64("stepId")?,
             request_id: val.string("requestId")?.into(),
-            phase: phase(&val.name("phase")?)?,
+            phase: phase(&val.string("phase")?)?,
             num_prompt_tokens: val.u32("numPromptTokens")?,
             num_computed_tokens: val.u32("numComputedTokens")?,
             num_output_tokens: val.u32("numOutputTokens")?,
@@ -637,7 +633,7 @@ fn scheduled_kind(name: &str) -> Result<ScheduledKind, GuestFault> {
 fn detail(detail: &Record) -> Result<Detail, GuestFault> {
     Ok(Detail {
         index: detail.u32("index")?,
-        kind: scheduled_kind(&detail.name("kind")?)?,
+        kind: scheduled_kind(&detail.string("kind")?)?,
         block_ids: detail.u32s("blockIds")?,
         token_ids: detail.u32s("tokenIds")?,
     })
@@ -665,7 +661,7 @@ fn scheduler_output(output: &Record) -> Result<WireSchedulerOutput, GuestFault> 
 fn finish(finish: &Record) -> Result<Finish, GuestFault> {
     Ok(Finish {
         index: finish.u32("index")?,
-        status: finish_status(&finish.name("status")?)?,
+        status: finish_status(&finish.string("status")?)?,
         stop_reason: finish.optional_u32("stopReason")?,
     })
 }

@@ -9,7 +9,7 @@ use waypoint_model::engine::{Engine, EngineRequest, StepError};
 use waypoint_model::sampling::SamplingParams;
 use waypoint_model::{open_device_async, Device, DeviceChoice, DeviceError};
 use waypoint_scheduler::{JourneyEvent, NewRequest};
-use waypoint_sim::arrivals::{Arrival, ArrivalTime, WorkloadError};
+use waypoint_sim::arrivals::{ArrivalQueue, ArrivalTime, WorkloadError};
 use waypoint_sim::backend::{BackendError, SchedulerBackend};
 use waypoint_sim::StepSample;
 
@@ -89,7 +89,7 @@ pub async fn run<B: SchedulerBackend + 'static>(
     let loaded = waypoint_model::tiny(webgpu().await?);
     let vocab_size = loaded.model.config().vocab_size as u32;
     let mut engine = Engine::new(Box::new(backend), loaded.model, &spec.config());
-    let mut pending = spec.arrivals()?.into_iter().peekable();
+    let mut arrivals = ArrivalQueue::new(spec.arrivals()?.into_iter());
     let mut journeys = String::new();
     let mut steps = StepSeries::default();
     let mut generated = Generated::default();
@@ -97,19 +97,7 @@ pub async fn run<B: SchedulerBackend + 'static>(
     let mut finished = 0u64;
     let mut index = 0u64;
     loop {
-        let due = |item: &Result<Arrival, WorkloadError>| match item {
-            Err(_) => true,
-            Ok(arrival) => match arrival.at {
-                ArrivalTime::Ns(t) => t <= now,
-                ArrivalTime::Step(k) => k <= generated.steps,
-            },
-        };
-        while let Some(item) = pending.next_if(due) {
-            let arrival = item?;
-            let at = match arrival.at {
-                ArrivalTime::Ns(t) => t,
-                ArrivalTime::Step(_) => now,
-            };
+        while let Some((arrival, at)) = arrivals.next_due(now, generated.steps)? {
             // The simulator's token ids, folded into the tiny model's byte vocabulary.
             let prompt = arrival
                 .prompt
@@ -133,17 +121,10 @@ pub async fn run<B: SchedulerBackend + 'static>(
             );
         }
         if engine.num_unfinished() == 0 {
-            match pending.peek() {
+            match arrivals.next_at() {
                 None => break,
-                Some(Ok(Arrival {
-                    at: ArrivalTime::Ns(t),
-                    ..
-                })) => now = now.max(*t),
-                Some(Ok(Arrival {
-                    at: ArrivalTime::Step(k),
-                    ..
-                })) => generated.steps = generated.steps.max(*k),
-                Some(Err(_)) => {}
+                Some(ArrivalTime::Ns(t)) => now = now.max(t),
+                Some(ArrivalTime::Step(k)) => generated.steps = generated.steps.max(k),
             }
             continue;
         }
