@@ -16,36 +16,35 @@ async function component(policy) {
   return root.scheduler;
 }
 
-async function simulate({ id, policy, spec }) {
-  await ready;
-  const scheduler = await component(policy);
+/** A progress callback that posts the finished count at most every 100 ms. */
+function progress(id) {
   let last = 0;
-  const progress = (finished) => {
+  return (finished) => {
     const now = performance.now();
     if (now - last > 100) {
       last = now;
       postMessage({ type: 'progress', id, finished });
     }
   };
-  const started = performance.now();
-  const result = JSON.parse(waypoint.simulate(scheduler, `${policy}.wasm (jco)`, JSON.stringify(spec), progress));
-  postMessage({ type: 'result', id, policy, result, elapsedMs: performance.now() - started });
 }
 
-async function live({ id, policy, spec }) {
+/** A simulation (latency model) or a live run (the tiny model on WebGPU) of one policy. */
+async function run({ id, type, policy, spec }) {
   await ready;
   const scheduler = await component(policy);
-  const progress = (finished) => postMessage({ type: 'progress', id, finished });
+  const origin = `${policy}.wasm (jco)`;
+  const settings = JSON.stringify(spec);
   const started = performance.now();
-  const result = JSON.parse(await waypoint.live(scheduler, `${policy}.wasm (jco)`, JSON.stringify(spec), () => performance.now(), progress));
+  const result = JSON.parse(type === 'live'
+    ? await waypoint.live(scheduler, origin, settings, () => performance.now(), progress(id))
+    : waypoint.simulate(scheduler, origin, settings, progress(id)));
   postMessage({ type: 'result', id, policy, result, elapsedMs: performance.now() - started });
 }
 
 onmessage = async ({ data }) => {
   try {
-    if (data.type === 'simulate') await simulate(data);
-    else if (data.type === 'live') await live(data);
-    else throw new Error(`unknown request ${data.type}`);
+    if (data.type !== 'simulate' && data.type !== 'live') throw new Error(`unknown request ${data.type}`);
+    await run(data);
   } catch (error) {
     postMessage({ type: 'error', id: data.id, message: String(error?.message ?? error) });
   }
