@@ -12,6 +12,6 @@ pub mod spec;
 pub mod telemetry;
 pub mod workload;
 
+pub use waypoint_engine::backend;
 pub use waypoint_model as model;
 pub use waypoint_sim as sim;
-pub use waypoint_sim::backend;

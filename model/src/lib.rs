@@ -8,7 +8,6 @@
 
 pub mod checkpoint;
 mod device;
-pub mod engine;
 mod layers;
 mod paged;
 pub mod sampling;

@@ -1,7 +1,8 @@
 //! Token sampling from logits: greedy, temperature, top-k, top-p, with a per-request seed so a
 //! seeded request samples the same tokens every run.
 
-use waypoint_sim::rng::Rng;
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 /// How one request picks its tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,7 +73,8 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
         let total: f32 = probabilities.iter().sum();
         probabilities.iter_mut().for_each(|p| *p /= total);
     }
-    let mut rng = Rng::new(params.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        SplitMix64::seed_from_u64(params.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let point = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
     let mut mass = 0.0;
     for (candidate, probability) in candidates.iter().zip(&probabilities) {

@@ -3,7 +3,8 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::ModelConfig;
-use waypoint_sim::rng::Rng;
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 /// One decoder layer's weights; matrices are stored `[in, out]` so `x.matmul(w)` applies them.
 pub struct LayerWeights {
@@ -30,7 +31,7 @@ pub struct Weights {
 impl Weights {
     /// Seeded random weights (scaled like a fresh initialisation) for `config`.
     pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> Self {
-        let mut rng = Rng::new(seed);
+        let mut rng = SplitMix64::seed_from_u64(seed);
         let mut matrix = |rows: usize, cols: usize| {
             let scale = 1.0 / (rows as f32).sqrt();
             let values: Vec<f32> = (0..rows * cols)

@@ -4,13 +4,11 @@
 //! builds this crate for wasm32.
 
 pub mod arrivals;
-pub mod backend;
 pub mod latency;
 pub mod report;
 pub mod rng;
 pub mod settings;
 pub mod trace;
-pub mod wire;
 
 use std::io::{self, Write};
 
@@ -18,11 +16,11 @@ use rustc_hash::FxHashMap;
 use thiserror::Error;
 use waypoint_scheduler::{JourneyEvent, JourneyEventType, ModelOutput, NewRequest, ScheduledKind};
 
-use crate::backend::{BackendError, SchedulerBackend};
 use arrivals::{sampled_token, Arrival, ArrivalQueue, ArrivalTime, WorkloadError, EOS};
 use latency::{BatchShape, LatencyModel};
 use report::{ms, Metrics, Report, ReportHeader, Slo};
 use trace::ChromeTrace;
+use waypoint_engine::backend::{BackendError, SchedulerBackend};
 
 /// Why a simulation stopped.
 #[derive(Debug, Error)]

@@ -1,8 +1,8 @@
 //! Build tasks that cargo alone cannot express: guest components for wasm32.
 //!
 //! `cargo xtask components` builds the built-in policy components (`fcfs`, `priority`, `fair`)
-//! into `components/`; `cargo xtask hostile` builds the hostile test components into
-//! `components/hostile/`; `cargo xtask build` builds the components and then the release
+//! into `components/`; `cargo xtask hostile` builds the hostile test components (`trap`,
+//! `spin`, `grow`, and a lying fcfs per contract rule, `lie-<rule>`) into `components/hostile/`; `cargo xtask build` builds the components and then the release
 //! `waypoint` binary, which embeds them. Each is a `wasm32-unknown-unknown` core module made a component with
 //! `wit-component`. With `WAYPOINT_WASM_SYSROOT` set (no rustup target available), the guest is
 //! built with that sysroot and `RUSTC_BOOTSTRAP=1` in a target folder of its own; nothing else
@@ -16,12 +16,16 @@ use anyhow::{bail, Context, Result};
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
-/// One component: the crate and features to build and the file to write.
+/// One component: the crate and features to build, the cargo profile, and the file to write.
 struct Guest {
     package: &'static str,
     feature: &'static str,
     output: &'static str,
 }
+
+/// The built-in policies get whole-program optimisation; test components build quickly.
+const POLICY_PROFILE: &str = "guest";
+const TEST_PROFILE: &str = "test-guest";
 
 const POLICIES: [Guest; 3] = [
     Guest {
@@ -59,6 +63,21 @@ const HOSTILE: [Guest; 3] = [
     },
 ];
 
+/// One lying build of the real fcfs scheduler per rule the host checks.
+const LYING_RULES: [&str; 11] = [
+    "unknown-handle",
+    "repeated-handle",
+    "range",
+    "block-id",
+    "too-few-blocks",
+    "over-budget",
+    "too-many-entries",
+    "early-sample",
+    "unknown-preempted",
+    "unknown-event-id",
+    "stats",
+];
+
 /// The checkout this xtask runs in. `cargo run` sets `CARGO_MANIFEST_DIR` at run time; the
 /// compile-time value can name another checkout when a build cache is shared between them.
 fn workspace_root() -> PathBuf {
@@ -75,21 +94,21 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// Build one guest's core module and return its path.
-fn build_core_module(root: &Path, guest: &Guest) -> Result<PathBuf> {
+fn build_core_module(root: &Path, package: &str, feature: &str, profile: &str) -> Result<PathBuf> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut target = target_dir(root);
     let mut command = Command::new(cargo);
     command.current_dir(root).args([
         "build",
         "--profile",
-        "guest",
+        profile,
         "--package",
-        guest.package,
+        package,
         "--target",
         TARGET,
         "--no-default-features",
         "--features",
-        guest.feature,
+        feature,
     ]);
     if let Some(sysroot) = env::var_os("WAYPOINT_WASM_SYSROOT") {
         let sysroot = sysroot.to_string_lossy().into_owned();
@@ -102,14 +121,10 @@ fn build_core_module(root: &Path, guest: &Guest) -> Result<PathBuf> {
     command.env("CARGO_TARGET_DIR", &target);
     let status = command.status().context("running cargo")?;
     if !status.success() {
-        bail!(
-            "building {} with feature {} failed",
-            guest.package,
-            guest.feature
-        );
+        bail!("building {package} with feature {feature} failed");
     }
-    let file = guest.package.replace('-', "_") + ".wasm";
-    Ok(target.join(TARGET).join("guest").join(file))
+    let file = package.replace('-', "_") + ".wasm";
+    Ok(target.join(TARGET).join(profile).join(file))
 }
 
 fn componentize(core_module: &Path, output: &Path) -> Result<()> {
@@ -126,14 +141,29 @@ fn componentize(core_module: &Path, output: &Path) -> Result<()> {
     fs::write(output, component).with_context(|| format!("writing {}", output.display()))
 }
 
-fn build(guests: &[Guest]) -> Result<()> {
+fn build(guests: &[Guest], profile: &str) -> Result<()> {
     let root = workspace_root();
-    let out = root.join("components");
     for guest in guests {
-        let core_module = build_core_module(&root, guest)?;
-        let output = out.join(guest.output);
-        componentize(&core_module, &output)?;
-        eprintln!("built {}", output.display());
+        build_one(&root, guest.package, guest.feature, guest.output, profile)?;
+    }
+    Ok(())
+}
+
+fn build_one(root: &Path, package: &str, feature: &str, output: &str, profile: &str) -> Result<()> {
+    let core_module = build_core_module(root, package, feature, profile)?;
+    let output = root.join("components").join(output);
+    componentize(&core_module, &output)?;
+    eprintln!("built {}", output.display());
+    Ok(())
+}
+
+/// The hostile components: trap, spin, grow, and one liar per rule.
+fn build_hostile() -> Result<()> {
+    build(&HOSTILE, TEST_PROFILE)?;
+    let root = workspace_root();
+    for rule in LYING_RULES {
+        let output = format!("hostile/lie-{rule}.wasm");
+        build_one(&root, "waypoint-lying-guest", rule, &output, TEST_PROFILE)?;
     }
     Ok(())
 }
@@ -155,16 +185,16 @@ fn build_host() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <build|components|hostile|all>
   build       the policy components, then the release waypoint binary
   components  build fcfs, priority and fair into components/
-  hostile     build the hostile test components into components/hostile/
+  hostile     build the hostile test components (trap, spin, grow, lie-<rule>) into components/hostile/
   all         components and hostile";
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
     match task.as_str() {
-        "build" => build(&POLICIES).and_then(|()| build_host()),
-        "components" => build(&POLICIES),
-        "hostile" => build(&HOSTILE),
-        "all" => build(&POLICIES).and_then(|()| build(&HOSTILE)),
+        "build" => build(&POLICIES, POLICY_PROFILE).and_then(|()| build_host()),
+        "components" => build(&POLICIES, POLICY_PROFILE),
+        "hostile" => build_hostile(),
+        "all" => build(&POLICIES, POLICY_PROFILE).and_then(|()| build_hostile()),
         _ => bail!(USAGE),
     }
 }

@@ -1,8 +1,8 @@
-//! The engine: the model crate's scheduler-and-model step loop, and the thread that runs it for
+//! The engine: the engine crate's scheduler-and-model step loop, and the thread that runs it for
 //! the server.
 
 pub mod worker;
 
-pub use waypoint_model::engine::{
+pub use waypoint_engine::step::{
     Completion, Engine, EngineRequest, Finished, NewToken, StepResult,
 };

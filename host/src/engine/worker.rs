@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use opentelemetry::Context;
@@ -83,10 +83,27 @@ enum Command {
     Abort(RequestId),
 }
 
+/// Why the engine cannot serve right now, shared between the engine thread and the server.
+#[derive(Clone, Default)]
+struct Availability(Arc<Mutex<Option<String>>>);
+
+impl Availability {
+    fn set(&self, reason: Option<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The HTTP side's handle on the engine thread.
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
-    reloading: Arc<AtomicBool>,
+    availability: Availability,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -109,9 +126,13 @@ impl EngineHandle {
         let _ = self.commands.send(Command::Abort(id));
     }
 
-    /// Whether the scheduler is being reloaded after a fault.
-    pub fn is_reloading(&self) -> bool {
-        self.reloading.load(Ordering::Relaxed)
+    /// Why the engine cannot serve now (a scheduler being reloaded after a fault, or one that
+    /// could not be reloaded, or an engine thread that stopped); `None` while it can.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Some("the engine thread has stopped".into());
+        }
+        self.availability.reason()
     }
 
     /// Stop the thread once its requests are done, and wait for it.
@@ -141,19 +162,19 @@ pub struct WorkerParts {
 /// Start the engine thread.
 pub fn spawn(engine: Engine, parts: WorkerParts) -> std::io::Result<EngineHandle> {
     let (commands, receiver) = mpsc::channel();
-    let reloading = Arc::new(AtomicBool::new(false));
+    let availability = Availability::default();
     let mut worker = Worker {
         engine,
         parts,
         streams: HashMap::new(),
-        reloading: reloading.clone(),
+        availability: availability.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
         .spawn(move || worker.run(&receiver))?;
     Ok(EngineHandle {
         commands,
-        reloading,
+        availability,
         thread: Some(thread),
     })
 }
@@ -239,7 +260,7 @@ struct Worker {
     engine: Engine,
     parts: WorkerParts,
     streams: HashMap<RequestId, Stream>,
-    reloading: Arc<AtomicBool>,
+    availability: Availability,
 }
 
 impl Worker {
@@ -256,7 +277,11 @@ impl Worker {
                 self.handle(command);
             }
             if self.engine.num_unfinished() > 0 {
-                self.step();
+                // Results are checked before the model sees them, so nothing a component returns
+                // should panic here; if a bug does, fail what was in flight and keep serving.
+                if catch_unwind(AssertUnwindSafe(|| self.step())).is_err() {
+                    self.fault(&"the engine step panicked");
+                }
             }
         }
         let now = self.parts.clock.now_ns();
@@ -307,10 +332,12 @@ impl Worker {
             trace_parent,
             events,
         } = submission;
-        if self.reloading.load(Ordering::Relaxed) && !self.reload() {
-            let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(
-                "the scheduler is being reloaded after a fault".into(),
-            )));
+        if self.availability.reason().is_some() && !self.reload() {
+            let reason = self
+                .availability
+                .reason()
+                .unwrap_or_else(|| "the scheduler is being reloaded after a fault".into());
+            let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(reason)));
             return;
         }
         let id: RequestId = request.request.id.as_str().into();
@@ -431,9 +458,11 @@ impl Worker {
     }
 
     /// The scheduler failed: fail every request it held, then reload it.
-    fn fault(&mut self, error: &BackendError) {
+    fn fault(&mut self, error: &dyn std::fmt::Display) {
         eprintln!("waypoint: scheduler fault: {error}; reloading it");
-        self.reloading.store(true, Ordering::Relaxed);
+        self.availability.set(Some(format!(
+            "the scheduler is being reloaded after a fault: {error}"
+        )));
         let message = format!("the scheduler failed: {error}");
         let now = self.parts.clock.now_ns();
         for (id, stream) in self.streams.drain() {
@@ -457,11 +486,14 @@ impl Worker {
                         spans.fail(id, "the scheduler was reloaded", now);
                     }
                 }
-                self.reloading.store(false, Ordering::Relaxed);
+                self.availability.set(None);
                 true
             }
             Err(error) => {
                 eprintln!("waypoint: reloading the scheduler failed: {error}");
+                self.availability.set(Some(format!(
+                    "the scheduler could not be reloaded after a fault: {error}"
+                )));
                 false
             }
         }

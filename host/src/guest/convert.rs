@@ -4,13 +4,13 @@
 use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, ModelOutput, NewRequest,
-    OutputError, Phase, RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
-    SchedulerStats, StateError,
+    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
+    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
+    StateError,
 };
 
 use super::wit;
-use waypoint_sim::wire::{self, WireEngineOutputs, WireSchedulerOutput};
+use waypoint_engine::wire::{self, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
 
 pub(super) fn config(config: &SchedulerConfig) -> wit::SchedulerConfig {
     let tracing = config.step_tracing;
@@ -37,25 +37,31 @@ pub(super) fn config(config: &SchedulerConfig) -> wit::SchedulerConfig {
     }
 }
 
-pub(super) fn new_request(request: NewRequest) -> wit::NewRequest {
+pub(super) fn new_request(request: &NewRequest) -> wit::NewRequest {
     wit::NewRequest {
-        id: request.id,
+        id: request.id.clone(),
         client_index: request.client_index,
-        prompt_token_ids: request.prompt_token_ids,
+        prompt_token_ids: request.prompt_token_ids.clone(),
         max_tokens: request.max_tokens,
         min_tokens: request.min_tokens,
         eos_token_id: request.eos_token_id,
-        stop_token_ids: request.stop_token_ids,
+        stop_token_ids: request.stop_token_ids.clone(),
         priority: request.priority,
         arrival_ns: request.arrival_ns,
         journey_sampled: request.journey_sampled,
-        cache_salt: request.cache_salt,
+        cache_salt: request.cache_salt.clone(),
     }
 }
 
-pub(super) fn model_output(output: &ModelOutput) -> wit::ModelOutput {
-    let (token_ids, missing) = wire::model_output(output);
-    wit::ModelOutput { token_ids, missing }
+pub(super) fn live_request(request: wit::LiveRequest) -> LiveRequest {
+    LiveRequest {
+        handle: request.handle,
+        id: id(request.request_id),
+        client_index: request.client_index,
+        num_tokens: request.num_tokens,
+        num_blocks: request.num_blocks,
+        finished: request.finished,
+    }
 }
 
 pub(super) fn finish_status_out(status: FinishStatus) -> wit::FinishStatus {

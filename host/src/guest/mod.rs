@@ -4,12 +4,11 @@
 //! The sandbox: the linker grants no imports (a component that needs one fails to load), each
 //! store's memory is capped by a resource limiter, and every call runs under an epoch deadline
 //! ticked by one background thread. A trap, a timeout or a denied memory grow becomes a
-//! [`GuestFault`]; the instance is then unusable until [`SchedulerBackend::reload`] builds a
-//! fresh one from the compiled component.
+//! [`GuestFault`]. The instance's calls are a [`Transport`] of the engine crate's
+//! [`ComponentBackend`], which checks every result and keeps a faulted instance unusable until
+//! `reload` builds a fresh one from the compiled component.
 
 mod convert;
-
-use waypoint_sim::wire::{self, Live, LiveRequests};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,18 +18,19 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
-use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
-use waypoint_scheduler::{
-    FinishStatus, JourneyEvent, ModelOutput, NewRequest, SchedulerConfig, SchedulerStats, StepEvent,
-};
+use waypoint_engine::component::{ComponentBackend, Transport};
+use waypoint_engine::wire::{Added, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
+use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
+use waypoint_scheduler::{FinishStatus, NewRequest, SchedulerConfig, SchedulerStats, StepEvent};
 
-use crate::backend::{BackendError, GuestFault, PolicyDescription, SchedulerBackend};
+use crate::backend::{BackendError, GuestFault, PolicyDescription};
 
 wasmtime::component::bindgen!({
     world: "policy",
     path: "../wit",
 });
 
+use exports::waypoint::scheduler::scheduler::GuestScheduler as Guest;
 use exports::waypoint::scheduler::types as wit;
 
 /// Sandbox limits for every scheduler instance.
@@ -220,16 +220,13 @@ impl PolicyModule {
     /// A scheduler in a fresh instance of this component.
     pub fn create(&self, config: SchedulerConfig) -> Result<GuestBackend, BackendError> {
         let (store, bindings) = self.instantiate()?;
-        let mut backend = GuestBackend {
+        let transport = WasmtimeTransport {
             module: self.clone(),
             store,
             bindings,
             scheduler: None,
-            config,
-            requests: LiveRequests::default(),
         };
-        backend.reload()?;
-        Ok(backend)
+        ComponentBackend::new(transport, self.description.clone(), config)
     }
 }
 
@@ -274,76 +271,47 @@ fn call<T>(
     f(store).map_err(|error| fault(store, limits, error))
 }
 
-/// A scheduler living in a policy component instance.
-pub struct GuestBackend {
+/// A scheduler in a policy component under wasmtime.
+pub type GuestBackend = ComponentBackend<WasmtimeTransport>;
+
+/// The calls of one policy component instance under wasmtime. A trap, timeout or denied grow
+/// is a [`GuestFault`]; [`ComponentBackend`] poisons the instance on it and checks every result.
+pub struct WasmtimeTransport {
     module: PolicyModule,
     store: Store<StoreState>,
     bindings: Policy,
-    /// `None` after a fault: every call fails until `reload`.
+    /// `None` until `create` or `import_state` succeeds.
     scheduler: Option<ResourceAny>,
-    config: SchedulerConfig,
-    /// Live requests by the handle the guest gave them.
-    requests: LiveRequests,
 }
 
-impl GuestBackend {
-    /// Call the scheduler resource; a fault poisons the instance.
+impl WasmtimeTransport {
+    /// Call the scheduler resource under a fresh deadline.
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&Policy, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<T>,
+        f: impl FnOnce(&Guest, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<T>,
     ) -> Result<T, BackendError> {
         let scheduler = self.scheduler.ok_or(GuestFault::Unavailable)?;
         let limits = self.module.runtime.limits;
-        let bindings = &self.bindings;
-        let result = call(&mut self.store, limits, |store| {
-            f(bindings, store, scheduler)
-        });
-        if matches!(result, Err(BackendError::Guest(_))) {
-            self.scheduler = None;
-        }
-        result
-    }
-
-    /// A contract breach poisons the instance like a trap does.
-    fn checked<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, BackendError> {
-        if result.is_err() {
-            self.scheduler = None;
-        }
-        Ok(result?)
-    }
-
-    /// Learn every live request's handle from the guest (after an import).
-    fn refresh_live_requests(&mut self) -> Result<(), BackendError> {
-        let refs = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_live_requests(store, s, 0)
-        })?;
-        self.requests = refs
-            .into_iter()
-            .map(|r| {
-                let live = Live {
-                    id: r.request_id.into(),
-                    client_index: r.client_index,
-                };
-                (r.handle, live)
-            })
-            .collect();
-        Ok(())
+        let bindings = self.bindings.waypoint_scheduler_scheduler().scheduler();
+        call(&mut self.store, limits, |store| {
+            f(&bindings, store, scheduler)
+        })
     }
 
     /// Install a new scheduler resource in a fresh instance (the old instance is dropped).
     fn replace(
         &mut self,
         make: impl FnOnce(
-            &Policy,
+            &Guest,
             &mut Store<StoreState>,
         ) -> wasmtime::Result<Result<ResourceAny, BackendError>>,
     ) -> Result<(), BackendError> {
         self.scheduler = None;
         let (mut store, bindings) = self.module.instantiate()?;
         let limits = self.module.runtime.limits;
-        let scheduler = call(&mut store, limits, |store| make(&bindings, store))??;
+        let scheduler = call(&mut store, limits, |store| {
+            make(&bindings.waypoint_scheduler_scheduler().scheduler(), store)
+        })??;
         self.store = store;
         self.bindings = bindings;
         self.scheduler = Some(scheduler);
@@ -351,56 +319,52 @@ impl GuestBackend {
     }
 }
 
-impl SchedulerBackend for GuestBackend {
-    fn policy(&self) -> &PolicyDescription {
-        self.module.description()
+impl Transport for WasmtimeTransport {
+    fn create(&mut self, config: &SchedulerConfig) -> Result<(), BackendError> {
+        let config = convert::config(config);
+        self.replace(|guest, store| {
+            let result = guest.call_create(store, config)?;
+            Ok(result.map_err(|e| convert::config_error(e).into()))
+        })
     }
 
-    fn add_request(
-        &mut self,
-        request: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError> {
-        let live = Live {
-            id: request.id.as_str().into(),
-            client_index: request.client_index,
-        };
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
+        self.replace(|guest, store| {
+            let result = guest.call_import_state(store, state, now_ns)?;
+            Ok(result.map_err(|e| convert::state_error(e).into()))
+        })
+    }
+
+    fn add_request(&mut self, request: &NewRequest, now_ns: u64) -> Result<Added, BackendError> {
         let request = convert::new_request(request);
-        let added = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_add_request(store, s, &request, now_ns)
-        })?;
+        let added =
+            self.with(|guest, store, s| guest.call_add_request(store, s, &request, now_ns))?;
         let added = added.map_err(convert::request_error)?;
-        self.requests.insert(added.handle, live);
-        Ok(convert::journey_events(added.journey_events))
+        Ok(Added {
+            handle: added.handle,
+            journey_events: convert::journey_events(added.journey_events),
+        })
     }
 
-    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
-        let output = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_schedule(store, s, now_ns)
-        })?;
-        let converted =
-            wire::scheduler_output(convert::scheduler_output(output), &mut self.requests);
-        self.checked(converted)
+    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError> {
+        let output = self.with(|guest, store, s| guest.call_schedule(store, s, now_ns))?;
+        Ok(convert::scheduler_output(output))
     }
 
     fn update_from_output(
         &mut self,
-        output: &ModelOutput,
+        token_ids: &[u32],
+        missing: &[u32],
         now_ns: u64,
-    ) -> Result<EngineOutputs, BackendError> {
-        let output = convert::model_output(output);
-        let result = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_update_from_output(store, s, &output, now_ns)
-        })?;
+    ) -> Result<WireEngineOutputs, BackendError> {
+        let output = wit::ModelOutput {
+            token_ids: token_ids.to_vec(),
+            missing: missing.to_vec(),
+        };
+        let result =
+            self.with(|guest, store, s| guest.call_update_from_output(store, s, &output, now_ns))?;
         let outputs = result.map_err(convert::output_error)?;
-        let converted = wire::engine_outputs(convert::engine_outputs(outputs), &self.requests);
-        self.checked(converted)
+        Ok(convert::engine_outputs(outputs))
     }
 
     fn finish_requests(
@@ -410,11 +374,8 @@ impl SchedulerBackend for GuestBackend {
         now_ns: u64,
     ) -> Result<FinishOutcome, BackendError> {
         let status = convert::finish_status_out(status);
-        let outcome = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_finish_requests(store, s, ids, status, now_ns)
-        })?;
+        let outcome =
+            self.with(|guest, store, s| guest.call_finish_requests(store, s, ids, status, now_ns))?;
         Ok(convert::finish_outcome(outcome))
     }
 
@@ -423,60 +384,28 @@ impl SchedulerBackend for GuestBackend {
         reset_running_requests: bool,
         now_ns: u64,
     ) -> Result<ResetOutcome, BackendError> {
-        let outcome = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_reset_prefix_cache(store, s, reset_running_requests, now_ns)
+        let outcome = self.with(|guest, store, s| {
+            guest.call_reset_prefix_cache(store, s, reset_running_requests, now_ns)
         })?;
         Ok(convert::reset_outcome(outcome))
     }
 
     fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
-        let events = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_shutdown(store, s, now_ns)
-        })?;
+        let events = self.with(|guest, store, s| guest.call_shutdown(store, s, now_ns))?;
         Ok(events.into_iter().map(convert::step_event).collect())
     }
 
     fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
-        let stats = self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_stats(store, s, now_ns)
-        })?;
+        let stats = self.with(|guest, store, s| guest.call_stats(store, s, now_ns))?;
         Ok(convert::stats(stats))
     }
 
+    fn live_requests(&mut self, now_ns: u64) -> Result<Vec<LiveRequest>, BackendError> {
+        let requests = self.with(|guest, store, s| guest.call_live_requests(store, s, now_ns))?;
+        Ok(requests.into_iter().map(convert::live_request).collect())
+    }
+
     fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {
-        self.with(|b, store, s| {
-            b.waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_export_state(store, s, now_ns)
-        })
-    }
-
-    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
-        self.replace(|b, store| {
-            let result = b
-                .waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_import_state(store, state, now_ns)?;
-            Ok(result.map_err(|e| convert::state_error(e).into()))
-        })?;
-        self.refresh_live_requests()
-    }
-
-    fn reload(&mut self) -> Result<(), BackendError> {
-        let config = convert::config(&self.config);
-        self.requests.clear();
-        self.replace(|b, store| {
-            let result = b
-                .waypoint_scheduler_scheduler()
-                .scheduler()
-                .call_create(store, config)?;
-            Ok(result.map_err(|e| convert::config_error(e).into()))
-        })
+        self.with(|guest, store, s| guest.call_export_state(store, s, now_ns))
     }
 }

@@ -513,11 +513,8 @@ async fn serve(
         Ok(prepared) => prepared,
         Err(error) => return refuse(&mut span, &app, "validation_error", error),
     };
-    if app.engine.is_reloading() {
-        let error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the scheduler is being reloaded after a fault; retry",
-        );
+    if let Some(reason) = app.engine.unavailable() {
+        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; retry"));
         return refuse(&mut span, &app, "unavailable", error);
     }
     let prompt_tokens = prepared.request.prompt_token_ids.len() as u64;

@@ -125,14 +125,9 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    if app.engine.is_reloading() {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the scheduler is being reloaded",
-        )
-        .into_response()
-    } else {
-        StatusCode::OK.into_response()
+    match app.engine.unavailable() {
+        Some(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+        None => StatusCode::OK.into_response(),
     }
 }
 

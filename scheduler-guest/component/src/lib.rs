@@ -3,12 +3,18 @@
 //! One crate builds every built-in policy; the cargo feature picks which (`fair` over
 //! `priority` over `fcfs`, the default), and each build is componentized into its own file.
 //! The component imports nothing: time comes in as `now-ns`, and a panic traps.
+//!
+//! Built without a policy feature, the crate exports nothing itself: another component crate
+//! (the lying test components) wraps [`Component`] and exports through
+//! `export_policy!(T with_types_in waypoint_policy)`.
 
 #![no_std]
 // The export glue is only instantiated for wasm32; native builds type-check it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 extern crate alloc;
+// The export macro names the bindings by crate path, here as in wrapping crates.
+extern crate self as waypoint_policy;
 #[cfg(not(target_arch = "wasm32"))]
 extern crate std;
 
@@ -23,12 +29,15 @@ use waypoint_scheduler::{FinishStatus, PolicyKind, Scheduler};
 wit_bindgen::generate!({
     world: "policy",
     path: "../../wit",
+    default_bindings_module: "waypoint_policy",
+    pub_export_macro: true,
+    export_macro_name: "export_policy",
 });
 
 use exports::waypoint::scheduler::scheduler::{
     Guest, GuestScheduler, PolicyInfo, Scheduler as SchedulerHandle,
 };
-use exports::waypoint::scheduler::types as wit;
+pub use exports::waypoint::scheduler::types as wit;
 
 /// The policy this build implements.
 const POLICY: PolicyKind = if cfg!(feature = "fair") {
@@ -39,7 +48,8 @@ const POLICY: PolicyKind = if cfg!(feature = "fair") {
     PolicyKind::Fcfs
 };
 
-struct Policy;
+/// The built-in policy's exports.
+pub struct Policy;
 
 impl Guest for Policy {
     type Scheduler = Component;
@@ -58,26 +68,31 @@ impl Guest for Policy {
 }
 
 /// One scheduler instance; resource methods take `&self`, so the state sits in a `RefCell`.
-struct Component(RefCell<Scheduler>);
+pub struct Component(RefCell<Scheduler>);
 
 impl Component {
-    fn handle(scheduler: Scheduler) -> SchedulerHandle {
-        SchedulerHandle::new(Self(RefCell::new(scheduler)))
+    /// A scheduler for `config`, with this build's policy.
+    pub fn new(config: wit::SchedulerConfig) -> Result<Self, wit::ConfigError> {
+        Scheduler::new(convert::config(config, POLICY))
+            .map(|scheduler| Self(RefCell::new(scheduler)))
+            .map_err(convert::config_error)
+    }
+
+    /// A scheduler continuing from an exported state, with this build's policy.
+    pub fn from_state(state: &[u8]) -> Result<Self, wit::StateError> {
+        Scheduler::import_state(state, POLICY)
+            .map(|scheduler| Self(RefCell::new(scheduler)))
+            .map_err(convert::state_error)
     }
 }
 
 impl GuestScheduler for Component {
     fn create(config: wit::SchedulerConfig) -> Result<SchedulerHandle, wit::ConfigError> {
-        let config = convert::config(config, POLICY);
-        Scheduler::new(config)
-            .map(Self::handle)
-            .map_err(convert::config_error)
+        Self::new(config).map(SchedulerHandle::new)
     }
 
     fn import_state(state: Vec<u8>, _now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
-        Scheduler::import_state(&state, POLICY)
-            .map(Self::handle)
-            .map_err(convert::state_error)
+        Self::from_state(&state).map(SchedulerHandle::new)
     }
 
     fn add_request(
@@ -152,20 +167,28 @@ impl GuestScheduler for Component {
         convert::stats(self.0.borrow().stats())
     }
 
-    fn live_requests(&self, _now_ns: u64) -> Vec<wit::RequestRef> {
+    fn live_requests(&self, _now_ns: u64) -> Vec<wit::LiveRequest> {
         let scheduler = self.0.borrow();
-        let live = scheduler
-            .requests()
+        let live = scheduler.requests().iter().map(|request| wit::LiveRequest {
+            handle: request.handle(),
+            request_id: String::from(&**request.id()),
+            client_index: request.client_index(),
+            num_tokens: request.num_tokens(),
+            num_blocks: request.block_ids().len() as u32,
+            finished: false,
+        });
+        let finished = scheduler
+            .pending_finished()
             .iter()
-            .map(|request| request.reference());
-        let finished = scheduler.pending_finished().iter().cloned();
-        live.chain(finished)
-            .map(|reference| wit::RequestRef {
+            .map(|reference| wit::LiveRequest {
                 handle: reference.handle,
                 request_id: String::from(&*reference.id),
                 client_index: reference.client_index,
-            })
-            .collect()
+                num_tokens: 0,
+                num_blocks: 0,
+                finished: true,
+            });
+        live.chain(finished).collect()
     }
 
     fn export_state(&self, _now_ns: u64) -> Vec<u8> {
@@ -173,8 +196,8 @@ impl GuestScheduler for Component {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-export!(Policy);
+#[cfg(all(target_arch = "wasm32", feature = "export"))]
+export_policy!(Policy);
 
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]

@@ -43,13 +43,16 @@ impl Guest for Hostile {
 struct Instance {
     calls: Cell<u32>,
     step: Cell<u64>,
+    /// Reported in `stats`, which the host checks against its configuration.
+    usable_blocks: u32,
 }
 
 impl Instance {
-    fn handle() -> SchedulerHandle {
+    fn handle(usable_blocks: u32) -> SchedulerHandle {
         SchedulerHandle::new(Self {
             calls: Cell::new(0),
             step: Cell::new(0),
+            usable_blocks,
         })
     }
 
@@ -80,12 +83,12 @@ impl Instance {
 }
 
 impl GuestScheduler for Instance {
-    fn create(_config: wit::SchedulerConfig) -> Result<SchedulerHandle, wit::ConfigError> {
-        Ok(Self::handle())
+    fn create(config: wit::SchedulerConfig) -> Result<SchedulerHandle, wit::ConfigError> {
+        Ok(Self::handle(config.num_blocks.saturating_sub(1)))
     }
 
     fn import_state(_state: Vec<u8>, _now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
-        Ok(Self::handle())
+        Ok(Self::handle(0))
     }
 
     fn add_request(
@@ -170,8 +173,8 @@ impl GuestScheduler for Instance {
             num_running: 0,
             num_waiting: 0,
             kv_cache_usage: 0.0,
-            num_free_blocks: 0,
-            num_usable_blocks: 0,
+            num_free_blocks: self.usable_blocks,
+            num_usable_blocks: self.usable_blocks,
             prefix_cache: wit::PrefixCacheStats {
                 requests: 0,
                 queries: 0,
@@ -185,7 +188,7 @@ impl GuestScheduler for Instance {
         }
     }
 
-    fn live_requests(&self, _now_ns: u64) -> Vec<wit::RequestRef> {
+    fn live_requests(&self, _now_ns: u64) -> Vec<wit::LiveRequest> {
         self.call();
         Vec::new()
     }

@@ -1,30 +1,53 @@
-//! A policy component as jco transpiled it, behind the simulator's `SchedulerBackend`: calls go
-//! through the JavaScript bindings, and their records are converted field for field to the
-//! shared wire records, the way the wasmtime host converts its own.
+//! A policy component as jco transpiled it, as a [`Transport`] of the engine crate's component
+//! backend: calls go through the JavaScript bindings, and their records are converted field for
+//! field to the crate's and the wire records. The backend checks them, as it does the wasmtime
+//! host's.
 
 use js_sys::{Array, BigUint64Array, Function, Object, Reflect, Uint32Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
+use waypoint_engine::backend::{BackendError, GuestFault, PolicyDescription};
+use waypoint_engine::component::{ComponentBackend, Transport};
+use waypoint_engine::fault::{Call, ContractViolation};
+use waypoint_engine::wire::{
+    Added, Batch, Detail, Finish, LiveRequest, WireEngineOutputs, WireSchedulerOutput,
+};
 use waypoint_scheduler::kv::PrefixCacheStats;
-use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
+use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, ModelOutput, NewRequest,
-    OutputError, Phase, RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
-    SchedulerStats, StateError, StepEvent,
-};
-use waypoint_sim::backend::{BackendError, GuestFault, PolicyDescription, SchedulerBackend};
-use waypoint_sim::wire::{
-    self, Batch, Detail, Finish, Live, LiveRequests, WireEngineOutputs, WireSchedulerOutput,
+    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
+    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
+    StateError, StepEvent,
 };
 
-/// A scheduler instance of one transpiled policy component.
-pub struct JcoBackend {
+/// A scheduler in a transpiled policy component.
+pub type JcoBackend = ComponentBackend<JcoTransport>;
+
+/// A scheduler backend over the transpiled module's `scheduler` interface `exports`, for
+/// `config`; `origin` names the component file.
+pub fn backend(
+    exports: &JsValue,
+    config: SchedulerConfig,
+    origin: &str,
+) -> Result<JcoBackend, BackendError> {
+    let exports = Record(exports.clone());
+    let info = Record(call(&exports.0, "describePolicy", &[]).map_err(fault)?);
+    let description = PolicyDescription {
+        name: info.string("name")?,
+        version: info.string("version")?,
+        origin: origin.to_owned(),
+    };
+    let transport = JcoTransport {
+        class: exports.get("Scheduler")?,
+        instance: JsValue::UNDEFINED,
+    };
+    ComponentBackend::new(transport, description, config)
+}
+
+/// The calls of one transpiled component's scheduler instance.
+pub struct JcoTransport {
     class: JsValue,
     instance: JsValue,
-    config: SchedulerConfig,
-    requests: LiveRequests,
-    description: PolicyDescription,
-    faulted: bool,
 }
 
 /// What a call into the component threw.
@@ -41,118 +64,59 @@ impl From<GuestFault> for Thrown {
     }
 }
 
-impl JcoBackend {
-    /// A scheduler of `exports` (the transpiled module's `scheduler` interface) for `config`;
-    /// `origin` names the component file.
-    pub fn new(
-        exports: &JsValue,
-        config: SchedulerConfig,
-        origin: &str,
-    ) -> Result<Self, BackendError> {
-        let exports = Record(exports.clone());
-        let info = Record(call(&exports.0, "describePolicy", &[]).map_err(fault)?);
-        let class = exports.get("Scheduler")?;
-        let instance = create(&class, &config)?;
-        Ok(Self {
-            class,
-            instance,
-            config,
-            requests: LiveRequests::default(),
-            description: PolicyDescription {
-                name: info.string("name")?,
-                version: info.string("version")?,
-                origin: origin.to_owned(),
-            },
-            faulted: false,
-        })
-    }
-
-    /// Call a method of the instance; a trap leaves it unusable until `reload`.
-    fn call(&mut self, method: &str, args: &[JsValue]) -> Result<JsValue, Thrown> {
-        if self.faulted {
-            return Err(GuestFault::Unavailable.into());
-        }
-        call(&self.instance, method, args).inspect_err(|thrown| {
-            if matches!(thrown, Thrown::Fault(_)) {
-                self.faulted = true;
-            }
-        })
-    }
-
+impl JcoTransport {
     /// A call whose contract has no error case.
-    fn infallible(&mut self, method: &str, args: &[JsValue]) -> Result<Record, BackendError> {
-        self.call(method, args).map(Record).map_err(fault)
-    }
-
-    /// A converted result; a contract violation leaves the instance unusable too.
-    fn checked<T>(&mut self, converted: Result<T, GuestFault>) -> Result<T, BackendError> {
-        converted.map_err(|fault| {
-            self.faulted = true;
-            fault.into()
-        })
-    }
-
-    fn refresh_live_requests(&mut self, now_ns: u64) -> Result<(), BackendError> {
-        let refs = self.infallible("liveRequests", &[now_ns.into()])?;
-        let refs = self.checked(refs.items())?;
-        self.requests.clear();
-        for entry in refs {
-            let handle = self.checked(entry.u64("handle"))?;
-            let live = Live {
-                id: self.checked(entry.string("requestId"))?.into(),
-                client_index: self.checked(entry.u32("clientIndex"))?,
-            };
-            self.requests.insert(handle, live);
-        }
-        Ok(())
+    fn infallible(&self, method: &str, args: &[JsValue]) -> Result<Record, BackendError> {
+        call(&self.instance, method, args)
+            .map(Record)
+            .map_err(fault)
     }
 }
 
-impl SchedulerBackend for JcoBackend {
-    fn policy(&self) -> &PolicyDescription {
-        &self.description
+impl Transport for JcoTransport {
+    fn create(&mut self, config: &SchedulerConfig) -> Result<(), BackendError> {
+        self.instance = call(&self.class, "create", &[scheduler_config(config)])
+            .map_err(|thrown| contract_error(thrown, config_error))?;
+        Ok(())
     }
 
-    fn add_request(
-        &mut self,
-        request: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError> {
-        let live = Live {
-            id: request.id.as_str().into(),
-            client_index: request.client_index,
-        };
-        let added = match self.call("addRequest", &[new_request(&request), now_ns.into()]) {
-            Ok(added) => Record(added),
-            Err(thrown) => return Err(contract_error(thrown, request_error)),
-        };
-        let handle = self.checked(added.u64("handle"))?;
-        let events = self.checked(added.list("journeyEvents", journey_event))?;
-        self.requests.insert(handle, live);
-        Ok(events)
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
+        let args = [Uint8Array::from(state).into(), now_ns.into()];
+        self.instance = call(&self.class, "importState", &args)
+            .map_err(|thrown| contract_error(thrown, state_error))?;
+        Ok(())
     }
 
-    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
+    fn add_request(&mut self, request: &NewRequest, now_ns: u64) -> Result<Added, BackendError> {
+        let added = call(
+            &self.instance,
+            "addRequest",
+            &[new_request(request), now_ns.into()],
+        )
+        .map(Record)
+        .map_err(|thrown| contract_error(thrown, request_error))?;
+        Ok(Added {
+            handle: added.u64("handle")?,
+            journey_events: added.list("journeyEvents", journey_event)?,
+        })
+    }
+
+    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError> {
         let output = self.infallible("schedule", &[now_ns.into()])?;
-        let converted = scheduler_output(&output)
-            .and_then(|output| wire::scheduler_output(output, &mut self.requests));
-        self.checked(converted)
+        Ok(scheduler_output(&output)?)
     }
 
     fn update_from_output(
         &mut self,
-        output: &ModelOutput,
+        token_ids: &[u32],
+        missing: &[u32],
         now_ns: u64,
-    ) -> Result<EngineOutputs, BackendError> {
-        let (token_ids, missing) = wire::model_output(output);
-        let output = object(&[("tokenIds", u32s(&token_ids)), ("missing", u32s(&missing))]);
-        let outputs = match self.call("updateFromOutput", &[output, now_ns.into()]) {
-            Ok(outputs) => Record(outputs),
-            Err(thrown) => return Err(contract_error(thrown, output_error)),
-        };
-        let converted = engine_outputs(&outputs)
-            .and_then(|outputs| wire::engine_outputs(outputs, &self.requests));
-        self.checked(converted)
+    ) -> Result<WireEngineOutputs, BackendError> {
+        let output = object(&[("tokenIds", u32s(token_ids)), ("missing", u32s(missing))]);
+        let outputs = call(&self.instance, "updateFromOutput", &[output, now_ns.into()])
+            .map(Record)
+            .map_err(|thrown| contract_error(thrown, output_error))?;
+        Ok(engine_outputs(&outputs)?)
     }
 
     fn finish_requests(
@@ -164,17 +128,14 @@ impl SchedulerBackend for JcoBackend {
         let ids: Array = ids.iter().map(|id| JsValue::from_str(id)).collect();
         let status = JsValue::from_str(finish_status_name(status));
         let outcome = self.infallible("finishRequests", &[ids.into(), status, now_ns.into()])?;
-        let converted = (|| {
-            Ok(FinishOutcome {
-                finished_ids: outcome
-                    .strings("finishedIds")?
-                    .into_iter()
-                    .map(RequestId::from)
-                    .collect(),
-                journey_events: outcome.list("journeyEvents", journey_event)?,
-            })
-        })();
-        self.checked(converted)
+        Ok(FinishOutcome {
+            finished_ids: outcome
+                .strings("finishedIds")?
+                .into_iter()
+                .map(RequestId::from)
+                .collect(),
+            journey_events: outcome.list("journeyEvents", journey_event)?,
+        })
     }
 
     fn reset_prefix_cache(
@@ -186,64 +147,48 @@ impl SchedulerBackend for JcoBackend {
             "resetPrefixCache",
             &[reset_running_requests.into(), now_ns.into()],
         )?;
-        let converted = (|| {
-            Ok(ResetOutcome {
-                reset: outcome.bool("reset")?,
-                preempted_ids: outcome
-                    .strings("preemptedIds")?
-                    .into_iter()
-                    .map(RequestId::from)
-                    .collect(),
-                journey_events: outcome.list("journeyEvents", journey_event)?,
-            })
-        })();
-        self.checked(converted)
+        Ok(ResetOutcome {
+            reset: outcome.bool("reset")?,
+            preempted_ids: outcome
+                .strings("preemptedIds")?
+                .into_iter()
+                .map(RequestId::from)
+                .collect(),
+            journey_events: outcome.list("journeyEvents", journey_event)?,
+        })
     }
 
     fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
         let events = self.infallible("shutdown", &[now_ns.into()])?;
-        let converted = events
-            .items()
-            .and_then(|items| items.iter().map(step_event).collect());
-        self.checked(converted)
+        Ok(events
+            .items()?
+            .iter()
+            .map(step_event)
+            .collect::<Result<_, _>>()?)
     }
 
     fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
         let stats = self.infallible("stats", &[now_ns.into()])?;
-        let converted = scheduler_stats(&stats);
-        self.checked(converted)
+        Ok(scheduler_stats(&stats)?)
+    }
+
+    fn live_requests(&mut self, now_ns: u64) -> Result<Vec<LiveRequest>, BackendError> {
+        let refs = self.infallible("liveRequests", &[now_ns.into()])?;
+        Ok(refs
+            .items()?
+            .iter()
+            .map(live_request)
+            .collect::<Result<_, _>>()?)
     }
 
     fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {
         let state = self.infallible("exportState", &[now_ns.into()])?;
-        let converted = state
+        Ok(state
             .0
             .dyn_into::<Uint8Array>()
             .map(|bytes| bytes.to_vec())
-            .map_err(|_| contract("exportState returned no bytes"));
-        self.checked(converted)
+            .map_err(|_| contract("exportState returned no bytes"))?)
     }
-
-    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
-        let args = [Uint8Array::from(state).into(), now_ns.into()];
-        let instance = call(&self.class, "importState", &args)
-            .map_err(|thrown| contract_error(thrown, state_error))?;
-        self.instance = instance;
-        self.faulted = false;
-        self.refresh_live_requests(now_ns)
-    }
-
-    fn reload(&mut self) -> Result<(), BackendError> {
-        self.requests.clear();
-        self.instance = create(&self.class, &self.config)?;
-        self.faulted = false;
-        Ok(())
-    }
-}
-
-fn create(class: &JsValue, config: &SchedulerConfig) -> Result<JsValue, BackendError> {
-    call(class, "create", &[scheduler_config(config)])
-        .map_err(|thrown| contract_error(thrown, config_error))
 }
 
 /// Call `object[method](...args)`, telling the contract's errors from faults.
@@ -291,8 +236,12 @@ fn contract_error<E: Into<BackendError>>(
     }
 }
 
+/// A record jco built that does not have the contract's shape.
 fn contract(what: impl Into<String>) -> GuestFault {
-    GuestFault::Contract(what.into())
+    GuestFault::Contract(ContractViolation::Malformed {
+        call: Call::Transport,
+        what: what.into(),
+    })
 }
 
 /// A JavaScript object as jco shapes a WIT record or variant.
@@ -636,6 +585,17 @@ fn detail(detail: &Record) -> Result<Detail, GuestFault> {
         kind: scheduled_kind(&detail.string("kind")?)?,
         block_ids: detail.u32s("blockIds")?,
         token_ids: detail.u32s("tokenIds")?,
+    })
+}
+
+fn live_request(request: &Record) -> Result<LiveRequest, GuestFault> {
+    Ok(LiveRequest {
+        handle: request.u64("handle")?,
+        id: request.string("requestId")?.into(),
+        client_index: request.u32("clientIndex")?,
+        num_tokens: request.u32("numTokens")?,
+        num_blocks: request.u32("numBlocks")?,
+        finished: request.bool("finished")?,
     })
 }
 

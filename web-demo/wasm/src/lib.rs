@@ -7,7 +7,7 @@ pub mod run;
 
 use wasm_bindgen::prelude::*;
 
-pub use jco::JcoBackend;
+pub use jco::{JcoBackend, JcoTransport};
 
 #[cfg(target_family = "wasm")]
 extern "C" {
@@ -36,7 +36,7 @@ pub fn simulate(
     progress: Option<js_sys::Function>,
 ) -> Result<String, JsError> {
     let spec = run::SimulationSpec::from_json(spec)?;
-    let mut backend = JcoBackend::new(component, spec.config(), origin)?;
+    let mut backend = jco::backend(component, spec.config(), origin)?;
     let report = |finished: u64| report_progress(progress.as_ref(), finished);
     let result = run::run(&mut backend, &spec, &report)?;
     Ok(serde_json::to_string(&result)?)
@@ -54,7 +54,7 @@ pub async fn live(
     progress: Option<js_sys::Function>,
 ) -> Result<String, JsError> {
     let spec = run::SimulationSpec::from_json(&spec)?;
-    let backend = JcoBackend::new(&component, spec.config(), &origin)?;
+    let backend = jco::backend(&component, spec.config(), &origin)?;
     let elapsed_ms = || {
         now_ms
             .call0(&JsValue::NULL)

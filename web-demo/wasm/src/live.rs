@@ -5,12 +5,12 @@
 use std::cell::RefCell;
 
 use serde::Serialize;
-use waypoint_model::engine::{Engine, EngineRequest, StepError};
+use waypoint_engine::backend::{BackendError, SchedulerBackend};
+use waypoint_engine::step::{Engine, EngineRequest, StepError};
 use waypoint_model::sampling::SamplingParams;
 use waypoint_model::{open_device_async, Device, DeviceChoice, DeviceError};
 use waypoint_scheduler::{JourneyEvent, NewRequest};
 use waypoint_sim::arrivals::{ArrivalQueue, ArrivalTime, WorkloadError};
-use waypoint_sim::backend::{BackendError, SchedulerBackend};
 use waypoint_sim::StepSample;
 
 use crate::run::{RunError, SimulationSpec, StepSeries};

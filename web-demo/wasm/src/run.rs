@@ -4,9 +4,9 @@
 use std::io::BufReader;
 
 use serde::{Deserialize, Serialize};
+use waypoint_engine::backend::SchedulerBackend;
 use waypoint_scheduler::SchedulerConfig;
 use waypoint_sim::arrivals::{read_workload, Arrival, WorkloadError};
-use waypoint_sim::backend::SchedulerBackend;
 use waypoint_sim::latency::LatencyModel;
 use waypoint_sim::report::{Report, Slo};
 use waypoint_sim::settings::{EngineSettings, SyntheticSettings};
@@ -159,7 +159,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waypoint_sim::backend::NativeBackend;
+    use waypoint_engine::backend::NativeBackend;
 
     fn spec(workload: &str) -> String {
         format!(

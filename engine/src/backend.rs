@@ -1,43 +1,17 @@
 //! One interface to a scheduler, whether linked natively or loaded as a policy component, so
-//! every feature of the host runs on either.
+//! every feature of the host, the simulator and the browser runs on either; and the native
+//! backend.
 
 use std::fmt;
 
 use thiserror::Error;
+
+pub use crate::fault::GuestFault;
 use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
 use waypoint_scheduler::{
     ConfigError, FinishStatus, JourneyEvent, ModelOutput, NewRequest, OutputError, PolicyKind,
     RequestError, Scheduler, SchedulerConfig, SchedulerStats, StateError, StepEvent,
 };
-
-/// A fault of a guest component, as opposed to an error the scheduler reported.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum GuestFault {
-    /// The guest trapped (a panic, an out-of-bounds access, an allocation failure, ...).
-    #[error("the scheduler guest trapped: {0}")]
-    Trap(String),
-    /// A call ran past the per-call CPU limit.
-    #[error("the scheduler guest ran past its {limit_ms} ms limit per call")]
-    Timeout {
-        /// The limit.
-        limit_ms: u64,
-    },
-    /// The guest tried to grow its memory past the limit.
-    #[error("the scheduler guest exceeded its memory limit of {limit_bytes} bytes")]
-    MemoryLimit {
-        /// The limit.
-        limit_bytes: usize,
-    },
-    /// An earlier fault left the instance unusable until it is reloaded.
-    #[error("the scheduler guest is unavailable after an earlier fault; it must be reloaded")]
-    Unavailable,
-    /// The guest returned something the contract rules out (an unknown handle, ...).
-    #[error("the scheduler guest broke the contract: {0}")]
-    Contract(String),
-    /// The file is not a policy component of this host's contract.
-    #[error("not a waypoint:scheduler policy component: {0}")]
-    Incompatible(String),
-}
 
 /// Why a backend call failed. Scheduler errors are the crate's own types on both backends.
 #[derive(Clone, Debug, PartialEq, Error)]

@@ -1,4 +1,4 @@
-//! The engine loop: a scheduler backend deciding every step, the model runner computing it over
+//! The step loop: a scheduler backend deciding every step, the model runner computing it over
 //! the paged KV cache, and sampled tokens flowing back.
 
 use std::collections::HashMap;
@@ -8,11 +8,12 @@ use waypoint_scheduler::{
     SchedulerStats, StepEvent,
 };
 
+use waypoint_model::sampling::{sample, SamplingParams};
+use waypoint_model::{rows, rows_async, BatchRequest, Model, PagedBatch, PagedKvCache};
 use waypoint_scheduler::output::SchedulerOutput;
-use waypoint_sim::backend::{BackendError, SchedulerBackend};
 
-use crate::sampling::{sample, SamplingParams};
-use crate::{rows, rows_async, BatchRequest, Model, PagedBatch, PagedKvCache};
+use crate::backend::{BackendError, SchedulerBackend};
+use crate::fault::{ContractViolation, GuestFault};
 
 /// A request as the engine takes it.
 #[derive(Clone, Debug)]
@@ -237,8 +238,18 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             }
             let start = entry.num_computed_tokens as usize;
             let end = start + entry.num_scheduled_tokens as usize;
+            // A component's steps are checked before they get here; this keeps a native
+            // scheduler's bug from reaching the model too.
+            let tokens = running.tokens.get(start..end).ok_or_else(|| {
+                GuestFault::Contract(ContractViolation::RangePastKnownTokens {
+                    id: entry.request_id.to_string(),
+                    computed: entry.num_computed_tokens,
+                    scheduled: entry.num_scheduled_tokens,
+                    known: running.tokens.len() as u32,
+                })
+            })?;
             batch.requests.push(BatchRequest {
-                tokens: running.tokens[start..end].to_vec(),
+                tokens: tokens.to_vec(),
                 start_position: start,
                 block_table: running.block_table.clone(),
                 sample: entry.sample,

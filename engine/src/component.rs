@@ -1,0 +1,676 @@
+//! One backend for every policy component, whatever carries its calls. A [`Transport`] (wasmtime
+//! in the host, jco in the browser) only moves records; [`ComponentBackend`] owns fault
+//! poisoning, the host's mirror of the live requests, and the check of every result against that
+//! mirror before anything uses it.
+//!
+//! The guest is untrusted: a result that breaks a rule of the contract is a
+//! [`ContractViolation`] naming the rule, and poisons the instance like a trap does, so that a
+//! lying component can neither panic the host nor steer the model runner outside the cache.
+
+use rustc_hash::FxHashMap;
+use waypoint_scheduler::output::{
+    EngineOutputs, FinishOutcome, RequestOutput, RequestRef, ResetOutcome, ScheduledRequest,
+    SchedulerOutput,
+};
+use waypoint_scheduler::{
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestError, RequestId, ScheduledKind,
+    SchedulerConfig, SchedulerStats, StepEvent,
+};
+
+use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
+use crate::fault::{Call, ContractViolation, GuestFault};
+use crate::wire::{self, Added, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
+
+/// The calls of the `waypoint:scheduler` world as one binding makes them. A transport converts
+/// its binding's types to the crate's and the [`wire`] records and reports traps, timeouts and
+/// malformed records as [`GuestFault`]s; it checks nothing else.
+pub trait Transport {
+    /// Replace the scheduler with a fresh one for `config` in a fresh instance.
+    fn create(&mut self, config: &SchedulerConfig) -> Result<(), BackendError>;
+    /// Replace the scheduler with one continuing from `state`, in a fresh instance.
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError>;
+    /// `add-request`.
+    fn add_request(&mut self, request: &NewRequest, now_ns: u64) -> Result<Added, BackendError>;
+    /// `schedule`.
+    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError>;
+    /// `update-from-output`: a token per entry and the entries that have none.
+    fn update_from_output(
+        &mut self,
+        token_ids: &[u32],
+        missing: &[u32],
+        now_ns: u64,
+    ) -> Result<WireEngineOutputs, BackendError>;
+    /// `finish-requests`.
+    fn finish_requests(
+        &mut self,
+        ids: &[String],
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> Result<FinishOutcome, BackendError>;
+    /// `reset-prefix-cache`.
+    fn reset_prefix_cache(
+        &mut self,
+        reset_running_requests: bool,
+        now_ns: u64,
+    ) -> Result<ResetOutcome, BackendError>;
+    /// `shutdown`.
+    fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError>;
+    /// `stats`.
+    fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError>;
+    /// `live-requests`.
+    fn live_requests(&mut self, now_ns: u64) -> Result<Vec<LiveRequest>, BackendError>;
+    /// `export-state`.
+    fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError>;
+}
+
+/// What the host knows of one request inside the component.
+#[derive(Clone, Debug)]
+struct Live {
+    id: RequestId,
+    client_index: u32,
+    /// Prompt and generated tokens.
+    known_tokens: u32,
+    /// KV blocks the guest has given it.
+    blocks: u32,
+    /// Finished; it leaves the mirror when the next `schedule` reports it.
+    finished: bool,
+    /// The mirror's step stamp when it was last scheduled (repeated handles).
+    scheduled_stamp: u64,
+}
+
+/// The host's view of the live requests, built from what it sent and what the checked results
+/// said, and the step in flight.
+#[derive(Debug, Default)]
+struct Mirror {
+    by_handle: FxHashMap<u64, Live>,
+    by_id: FxHashMap<RequestId, u64>,
+    /// The in-flight step's handles, in batch order.
+    in_flight: Vec<u64>,
+    /// Counts `schedule` calls; stamps scheduled entries.
+    stamp: u64,
+}
+
+impl Mirror {
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    fn insert(&mut self, handle: u64, live: Live) {
+        self.by_id.insert(live.id.clone(), handle);
+        self.by_handle.insert(handle, live);
+    }
+
+    fn remove(&mut self, handle: u64) {
+        if let Some(live) = self.by_handle.remove(&handle) {
+            if self.by_id.get(&live.id) == Some(&handle) {
+                self.by_id.remove(&live.id);
+            }
+        }
+    }
+
+    fn unfinished_id(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .and_then(|handle| self.by_handle.get(handle))
+            .is_some_and(|live| !live.finished)
+    }
+
+    fn live(&self, call: Call, handle: u64) -> Result<&Live, ContractViolation> {
+        self.by_handle
+            .get(&handle)
+            .ok_or(ContractViolation::UnknownHandle { call, handle })
+    }
+
+    fn unfinished_mut(
+        by_handle: &mut FxHashMap<u64, Live>,
+        call: Call,
+        handle: u64,
+    ) -> Result<&mut Live, ContractViolation> {
+        by_handle
+            .get_mut(&handle)
+            .filter(|live| !live.finished)
+            .ok_or(ContractViolation::UnknownHandle { call, handle })
+    }
+
+    fn reference(&self, call: Call, handle: u64) -> Result<RequestRef, ContractViolation> {
+        let live = self.live(call, handle)?;
+        Ok(RequestRef {
+            id: live.id.clone(),
+            handle,
+            client_index: live.client_index,
+        })
+    }
+
+    /// Every event names a request the mirror holds (finished ones included: their FINISHED
+    /// event comes before the next `schedule` reports them).
+    fn check_events(&self, call: Call, events: &[JourneyEvent]) -> Result<(), ContractViolation> {
+        match events
+            .iter()
+            .find(|event| !self.by_id.contains_key(&*event.request_id))
+        {
+            Some(event) => Err(ContractViolation::UnknownRequestId {
+                call,
+                id: event.request_id.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Check a step against the mirror and the configuration and rebuild its per-request
+    /// records; the requests it reports finished leave the mirror.
+    fn scheduler_output(
+        &mut self,
+        output: WireSchedulerOutput,
+        config: &SchedulerConfig,
+    ) -> Result<SchedulerOutput, ContractViolation> {
+        const CALL: Call = Call::Schedule;
+        let malformed = |what: String| ContractViolation::Malformed { call: CALL, what };
+        let batch = output.batch;
+        let count = batch.handles.len();
+        if [
+            batch.num_computed_tokens.len(),
+            batch.num_scheduled_tokens.len(),
+            batch.sample.len(),
+        ]
+        .iter()
+        .any(|&len| len != count)
+        {
+            return Err(malformed(
+                "the batch's parallel lists differ in length".into(),
+            ));
+        }
+        if count > config.max_num_seqs as usize {
+            return Err(ContractViolation::TooManyEntries {
+                entries: count,
+                max_num_seqs: config.max_num_seqs,
+            });
+        }
+        for &handle in &output.preempted {
+            // A request preempted by a cache reset may have been finished since.
+            match self.by_handle.get_mut(&handle) {
+                Some(live) => live.blocks = 0,
+                None => return Err(ContractViolation::UnknownHandle { call: CALL, handle }),
+            }
+        }
+        let mut scheduled: Vec<ScheduledRequest> = Vec::with_capacity(count);
+        self.stamp += 1;
+        for index in 0..count {
+            let handle = batch.handles[index];
+            let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
+            if live.scheduled_stamp == self.stamp {
+                return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
+            }
+            live.scheduled_stamp = self.stamp;
+            scheduled.push(ScheduledRequest {
+                request_id: live.id.clone(),
+                handle,
+                kind: ScheduledKind::Running,
+                num_computed_tokens: batch.num_computed_tokens[index],
+                num_scheduled_tokens: batch.num_scheduled_tokens[index],
+                block_ids: Vec::new(),
+                token_ids: Vec::new(),
+                sample: batch.sample[index],
+            });
+        }
+        let mut next_detail = 0;
+        for detail in batch.details {
+            let index = detail.index as usize;
+            if index < next_detail || index >= count {
+                return Err(malformed(format!(
+                    "batch detail for entry {index} of {count}, out of order or range"
+                )));
+            }
+            next_detail = index + 1;
+            let entry = &mut scheduled[index];
+            entry.kind = detail.kind;
+            entry.block_ids = detail.block_ids;
+            entry.token_ids = detail.token_ids;
+        }
+        let mut sum: u64 = 0;
+        for entry in &scheduled {
+            self.check_entry(entry, config)?;
+            sum += u64::from(entry.num_scheduled_tokens);
+        }
+        if sum > u64::from(config.max_num_batched_tokens) {
+            return Err(ContractViolation::OverTokenBudget {
+                total: sum,
+                budget: config.max_num_batched_tokens,
+            });
+        }
+        if u64::from(output.total_num_scheduled_tokens) != sum {
+            return Err(ContractViolation::TotalMismatch {
+                stated: output.total_num_scheduled_tokens,
+                sum,
+            });
+        }
+        self.check_events(CALL, &output.journey_events)?;
+        let preempted = output
+            .preempted
+            .iter()
+            .map(|&handle| self.reference(CALL, handle))
+            .collect::<Result<_, _>>()?;
+        let finished: Vec<RequestRef> = output
+            .finished
+            .iter()
+            .map(|&handle| self.reference(CALL, handle))
+            .collect::<Result<_, _>>()?;
+        for reference in &finished {
+            self.remove(reference.handle);
+        }
+        self.in_flight.clear();
+        self.in_flight
+            .extend(scheduled.iter().map(|entry| entry.handle));
+        Ok(SchedulerOutput {
+            step: output.step,
+            scheduled,
+            total_num_scheduled_tokens: output.total_num_scheduled_tokens,
+            preempted,
+            finished,
+            journey_events: output.journey_events,
+            step_events: output.step_events,
+        })
+    }
+
+    /// One entry's range, blocks and sampling against what the host knows of its request; the
+    /// request's block count follows the entry.
+    fn check_entry(
+        &mut self,
+        entry: &ScheduledRequest,
+        config: &SchedulerConfig,
+    ) -> Result<(), ContractViolation> {
+        let id = || entry.request_id.to_string();
+        let Some(live) = self.by_handle.get_mut(&entry.handle) else {
+            return Err(ContractViolation::UnknownHandle {
+                call: Call::Schedule,
+                handle: entry.handle,
+            });
+        };
+        if let Some(&block) = entry
+            .block_ids
+            .iter()
+            .find(|&&block| block == 0 || block >= config.num_blocks)
+        {
+            return Err(ContractViolation::BlockOutOfRange {
+                id: id(),
+                block,
+                num_blocks: config.num_blocks,
+            });
+        }
+        let added = u32::try_from(entry.block_ids.len()).unwrap_or(u32::MAX);
+        live.blocks = match entry.kind {
+            ScheduledKind::New | ScheduledKind::Resumed => added,
+            ScheduledKind::Running => live.blocks.saturating_add(added),
+        };
+        if entry.num_scheduled_tokens == 0 {
+            return Err(ContractViolation::EmptyEntry { id: id() });
+        }
+        let end = u64::from(entry.num_computed_tokens) + u64::from(entry.num_scheduled_tokens);
+        if end > u64::from(live.known_tokens) {
+            return Err(ContractViolation::RangePastKnownTokens {
+                id: id(),
+                computed: entry.num_computed_tokens,
+                scheduled: entry.num_scheduled_tokens,
+                known: live.known_tokens,
+            });
+        }
+        let needed = end.div_ceil(u64::from(config.block_size));
+        if needed > u64::from(live.blocks) {
+            return Err(ContractViolation::TooFewBlocks {
+                id: id(),
+                needed: u32::try_from(needed).unwrap_or(u32::MAX),
+                have: live.blocks,
+            });
+        }
+        if entry.sample && end != u64::from(live.known_tokens) {
+            return Err(ContractViolation::SampleBeforeEnd { id: id() });
+        }
+        Ok(())
+    }
+
+    /// Check new tokens against the step in flight and the tokens the model gave, and rebuild
+    /// the per-request outputs.
+    fn engine_outputs(
+        &mut self,
+        outputs: WireEngineOutputs,
+        given: &ModelOutput,
+    ) -> Result<EngineOutputs, ContractViolation> {
+        const CALL: Call = Call::UpdateFromOutput;
+        let count = outputs.handles.len();
+        if outputs.token_ids.len() != count {
+            return Err(ContractViolation::Malformed {
+                call: CALL,
+                what: "output handles and tokens differ in length".into(),
+            });
+        }
+        let mut converted = Vec::with_capacity(count);
+        let mut cursor = 0;
+        for (&handle, &token_id) in outputs.handles.iter().zip(&outputs.token_ids) {
+            let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
+            // Outputs follow the batch's order, skipping requests finished in between.
+            let sampled = self.in_flight[cursor..]
+                .iter()
+                .position(|&entry| entry == handle)
+                .map(|offset| cursor + offset);
+            let given_token = sampled.and_then(|position| given.sampled_token_ids.get(position));
+            if given_token.copied().flatten() != Some(token_id) {
+                return Err(ContractViolation::UnsampledOutput {
+                    id: live.id.to_string(),
+                    token: token_id,
+                });
+            }
+            cursor = sampled.map_or(cursor, |position| position + 1);
+            live.known_tokens = live.known_tokens.saturating_add(1);
+            converted.push(RequestOutput {
+                request_id: live.id.clone(),
+                handle,
+                client_index: live.client_index,
+                token_id,
+                finish_status: None,
+                stop_reason: None,
+            });
+        }
+        let mut next_finish = 0;
+        for finish in outputs.finishes {
+            let index = finish.index as usize;
+            if index < next_finish || index >= count {
+                return Err(ContractViolation::Malformed {
+                    call: CALL,
+                    what: format!("finish for output {index} of {count}, out of order or range"),
+                });
+            }
+            next_finish = index + 1;
+            let output = &mut converted[index];
+            output.finish_status = Some(finish.status);
+            output.stop_reason = finish.stop_reason;
+            if let Some(live) = self.by_handle.get_mut(&output.handle) {
+                live.finished = true;
+            }
+        }
+        self.check_events(CALL, &outputs.journey_events)?;
+        Ok(EngineOutputs {
+            step: outputs.step,
+            outputs: converted,
+            journey_events: outputs.journey_events,
+        })
+    }
+
+    /// Every id finished was asked for and live; they are marked finished.
+    fn finish_outcome(
+        &mut self,
+        outcome: &FinishOutcome,
+        asked: &[String],
+    ) -> Result<(), ContractViolation> {
+        for id in &outcome.finished_ids {
+            if !asked.iter().any(|asked| **asked == **id) {
+                return Err(ContractViolation::UnaskedFinish { id: id.to_string() });
+            }
+            let handle = self
+                .by_id
+                .get(id)
+                .copied()
+                .filter(|_| self.unfinished_id(id))
+                .ok_or_else(|| ContractViolation::UnknownRequestId {
+                    call: Call::FinishRequests,
+                    id: id.to_string(),
+                })?;
+            if let Some(live) = self.by_handle.get_mut(&handle) {
+                live.finished = true;
+            }
+        }
+        self.check_events(Call::FinishRequests, &outcome.journey_events)
+    }
+
+    /// Every preempted id is a live request; preempted requests hold no blocks.
+    fn reset_outcome(&mut self, outcome: &ResetOutcome) -> Result<(), ContractViolation> {
+        for id in &outcome.preempted_ids {
+            let handle = self
+                .by_id
+                .get(id)
+                .copied()
+                .filter(|_| self.unfinished_id(id))
+                .ok_or_else(|| ContractViolation::UnknownRequestId {
+                    call: Call::ResetPrefixCache,
+                    id: id.to_string(),
+                })?;
+            if let Some(live) = self.by_handle.get_mut(&handle) {
+                live.blocks = 0;
+            }
+        }
+        self.check_events(Call::ResetPrefixCache, &outcome.journey_events)
+    }
+
+    /// The mirror after an import: every request the component says it holds.
+    fn rebuild(&mut self, requests: Vec<LiveRequest>) -> Result<(), ContractViolation> {
+        self.clear();
+        for request in requests {
+            if self.by_handle.contains_key(&request.handle) {
+                return Err(ContractViolation::RepeatedHandle {
+                    call: Call::LiveRequests,
+                    handle: request.handle,
+                });
+            }
+            let live = Live {
+                id: request.id,
+                client_index: request.client_index,
+                known_tokens: request.num_tokens,
+                blocks: request.num_blocks,
+                finished: request.finished,
+                scheduled_stamp: 0,
+            };
+            self.insert(request.handle, live);
+        }
+        Ok(())
+    }
+
+    /// Statistics within the bounds the configuration and the mirror set.
+    fn check_stats(
+        &self,
+        stats: &SchedulerStats,
+        config: &SchedulerConfig,
+    ) -> Result<(), ContractViolation> {
+        let unfinished = self
+            .by_handle
+            .values()
+            .filter(|live| !live.finished)
+            .count();
+        let cache = &stats.prefix_cache;
+        let breach = if stats.num_usable_blocks != config.num_blocks.saturating_sub(1) {
+            Some(format!(
+                "{} usable blocks in a cache of {}",
+                stats.num_usable_blocks, config.num_blocks
+            ))
+        } else if stats.num_free_blocks > stats.num_usable_blocks {
+            Some(format!(
+                "{} free blocks of {} usable",
+                stats.num_free_blocks, stats.num_usable_blocks
+            ))
+        } else if !(0.0..=1.0).contains(&stats.kv_cache_usage) {
+            Some(format!("KV cache usage {}", stats.kv_cache_usage))
+        } else if stats.num_running > config.max_num_seqs {
+            Some(format!(
+                "{} running over max_num_seqs {}",
+                stats.num_running, config.max_num_seqs
+            ))
+        } else if u64::from(stats.num_running) + u64::from(stats.num_waiting) > unfinished as u64 {
+            Some(format!(
+                "{} running and {} waiting, but {unfinished} requests are live",
+                stats.num_running, stats.num_waiting
+            ))
+        } else if cache.hits > cache.queries || cache.preempted_hits > cache.preempted_queries {
+            Some("more prefix-cache hits than queries".into())
+        } else {
+            None
+        };
+        breach.map_or(Ok(()), |what| {
+            Err(ContractViolation::StatsOutOfBounds(what))
+        })
+    }
+}
+
+/// A scheduler in a policy component, reached through `T`.
+pub struct ComponentBackend<T> {
+    transport: T,
+    description: PolicyDescription,
+    config: SchedulerConfig,
+    /// False after a fault: every call but `reload` and `import_state` fails until one succeeds.
+    usable: bool,
+    mirror: Mirror,
+}
+
+impl<T: Transport> ComponentBackend<T> {
+    /// A backend over `transport` with a fresh scheduler for `config`.
+    pub fn new(
+        transport: T,
+        description: PolicyDescription,
+        config: SchedulerConfig,
+    ) -> Result<Self, BackendError> {
+        let mut backend = Self {
+            transport,
+            description,
+            config,
+            usable: false,
+            mirror: Mirror::default(),
+        };
+        backend.reload()?;
+        Ok(backend)
+    }
+
+    /// The transport (a test scripts its results through it).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Make a call; a fault poisons the instance.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut T) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        if !self.usable {
+            return Err(GuestFault::Unavailable.into());
+        }
+        let result = f(&mut self.transport);
+        if matches!(result, Err(BackendError::Guest(_))) {
+            self.usable = false;
+        }
+        result
+    }
+
+    /// A broken rule poisons the instance like a trap does.
+    fn checked<R>(&mut self, result: Result<R, ContractViolation>) -> Result<R, BackendError> {
+        result.map_err(|violation| {
+            self.usable = false;
+            GuestFault::Contract(violation).into()
+        })
+    }
+}
+
+impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
+    fn policy(&self) -> &PolicyDescription {
+        &self.description
+    }
+
+    fn add_request(
+        &mut self,
+        request: NewRequest,
+        now_ns: u64,
+    ) -> Result<Vec<JourneyEvent>, BackendError> {
+        if self.mirror.unfinished_id(&request.id) {
+            return Err(RequestError::DuplicateId { id: request.id }.into());
+        }
+        let added = self.call(|transport| transport.add_request(&request, now_ns))?;
+        let live = Live {
+            id: request.id.as_str().into(),
+            client_index: request.client_index,
+            known_tokens: u32::try_from(request.prompt_token_ids.len()).unwrap_or(u32::MAX),
+            blocks: 0,
+            finished: false,
+            scheduled_stamp: 0,
+        };
+        if self.mirror.by_handle.contains_key(&added.handle) {
+            return self.checked(Err(ContractViolation::HandleReused {
+                handle: added.handle,
+            }));
+        }
+        self.mirror.insert(added.handle, live);
+        let events = self
+            .mirror
+            .check_events(Call::AddRequest, &added.journey_events);
+        self.checked(events)?;
+        Ok(added.journey_events)
+    }
+
+    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
+        let output = self.call(|transport| transport.schedule(now_ns))?;
+        let checked = self.mirror.scheduler_output(output, &self.config);
+        self.checked(checked)
+    }
+
+    fn update_from_output(
+        &mut self,
+        output: &ModelOutput,
+        now_ns: u64,
+    ) -> Result<EngineOutputs, BackendError> {
+        let (token_ids, missing) = wire::model_output(output);
+        let outputs =
+            self.call(|transport| transport.update_from_output(&token_ids, &missing, now_ns))?;
+        let checked = self.mirror.engine_outputs(outputs, output);
+        self.checked(checked)
+    }
+
+    fn finish_requests(
+        &mut self,
+        ids: &[String],
+        status: FinishStatus,
+        now_ns: u64,
+    ) -> Result<FinishOutcome, BackendError> {
+        let outcome = self.call(|transport| transport.finish_requests(ids, status, now_ns))?;
+        let checked = self.mirror.finish_outcome(&outcome, ids);
+        self.checked(checked)?;
+        Ok(outcome)
+    }
+
+    fn reset_prefix_cache(
+        &mut self,
+        reset_running_requests: bool,
+        now_ns: u64,
+    ) -> Result<ResetOutcome, BackendError> {
+        let outcome =
+            self.call(|transport| transport.reset_prefix_cache(reset_running_requests, now_ns))?;
+        let checked = self.mirror.reset_outcome(&outcome);
+        self.checked(checked)?;
+        Ok(outcome)
+    }
+
+    fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
+        self.call(|transport| transport.shutdown(now_ns))
+    }
+
+    fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
+        let stats = self.call(|transport| transport.stats(now_ns))?;
+        let checked = self.mirror.check_stats(&stats, &self.config);
+        self.checked(checked)?;
+        Ok(stats)
+    }
+
+    fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {
+        self.call(|transport| transport.export_state(now_ns))
+    }
+
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
+        self.usable = false;
+        self.mirror.clear();
+        self.transport.import_state(state, now_ns)?;
+        self.usable = true;
+        let requests = self.call(|transport| transport.live_requests(now_ns))?;
+        let rebuilt = self.mirror.rebuild(requests);
+        self.checked(rebuilt)
+    }
+
+    fn reload(&mut self) -> Result<(), BackendError> {
+        self.usable = false;
+        self.mirror.clear();
+        self.transport.create(&self.config)?;
+        self.usable = true;
+        Ok(())
+    }
+}
