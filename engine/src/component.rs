@@ -192,7 +192,19 @@ impl Mirror {
                 None => return Err(ContractViolation::UnknownHandle { call: CALL, handle }),
             }
         }
+        let mut next_detail = 0;
+        for detail in &batch.details {
+            let index = detail.index as usize;
+            if index < next_detail || index >= count {
+                return Err(malformed(format!(
+                    "batch detail for entry {index} of {count}, out of order or range"
+                )));
+            }
+            next_detail = index + 1;
+        }
+        let mut details = batch.details.into_iter().peekable();
         let mut scheduled: Vec<ScheduledRequest> = Vec::with_capacity(count);
+        let mut sum: u64 = 0;
         self.stamp += 1;
         for index in 0..count {
             let handle = batch.handles[index];
@@ -201,7 +213,7 @@ impl Mirror {
                 return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
             }
             live.scheduled_stamp = self.stamp;
-            scheduled.push(ScheduledRequest {
+            let mut entry = ScheduledRequest {
                 request_id: live.id.clone(),
                 handle,
                 kind: ScheduledKind::Running,
@@ -210,26 +222,15 @@ impl Mirror {
                 block_ids: Vec::new(),
                 token_ids: Vec::new(),
                 sample: batch.sample[index],
-            });
-        }
-        let mut next_detail = 0;
-        for detail in batch.details {
-            let index = detail.index as usize;
-            if index < next_detail || index >= count {
-                return Err(malformed(format!(
-                    "batch detail for entry {index} of {count}, out of order or range"
-                )));
+            };
+            if let Some(detail) = details.next_if(|detail| detail.index as usize == index) {
+                entry.kind = detail.kind;
+                entry.block_ids = detail.block_ids;
+                entry.token_ids = detail.token_ids;
             }
-            next_detail = index + 1;
-            let entry = &mut scheduled[index];
-            entry.kind = detail.kind;
-            entry.block_ids = detail.block_ids;
-            entry.token_ids = detail.token_ids;
-        }
-        let mut sum: u64 = 0;
-        for entry in &scheduled {
-            self.check_entry(entry, config)?;
+            check_entry(live, &entry, config)?;
             sum += u64::from(entry.num_scheduled_tokens);
+            scheduled.push(entry);
         }
         if sum > u64::from(config.max_num_batched_tokens) {
             return Err(ContractViolation::OverTokenBudget {
@@ -269,62 +270,6 @@ impl Mirror {
             journey_events: output.journey_events,
             step_events: output.step_events,
         })
-    }
-
-    /// One entry's range, blocks and sampling against what the host knows of its request; the
-    /// request's block count follows the entry.
-    fn check_entry(
-        &mut self,
-        entry: &ScheduledRequest,
-        config: &SchedulerConfig,
-    ) -> Result<(), ContractViolation> {
-        let id = || entry.request_id.to_string();
-        let Some(live) = self.by_handle.get_mut(&entry.handle) else {
-            return Err(ContractViolation::UnknownHandle {
-                call: Call::Schedule,
-                handle: entry.handle,
-            });
-        };
-        if let Some(&block) = entry
-            .block_ids
-            .iter()
-            .find(|&&block| block == 0 || block >= config.num_blocks)
-        {
-            return Err(ContractViolation::BlockOutOfRange {
-                id: id(),
-                block,
-                num_blocks: config.num_blocks,
-            });
-        }
-        let added = u32::try_from(entry.block_ids.len()).unwrap_or(u32::MAX);
-        live.blocks = match entry.kind {
-            ScheduledKind::New | ScheduledKind::Resumed => added,
-            ScheduledKind::Running => live.blocks.saturating_add(added),
-        };
-        if entry.num_scheduled_tokens == 0 {
-            return Err(ContractViolation::EmptyEntry { id: id() });
-        }
-        let end = u64::from(entry.num_computed_tokens) + u64::from(entry.num_scheduled_tokens);
-        if end > u64::from(live.known_tokens) {
-            return Err(ContractViolation::RangePastKnownTokens {
-                id: id(),
-                computed: entry.num_computed_tokens,
-                scheduled: entry.num_scheduled_tokens,
-                known: live.known_tokens,
-            });
-        }
-        let needed = end.div_ceil(u64::from(config.block_size));
-        if needed > u64::from(live.blocks) {
-            return Err(ContractViolation::TooFewBlocks {
-                id: id(),
-                needed: u32::try_from(needed).unwrap_or(u32::MAX),
-                have: live.blocks,
-            });
-        }
-        if entry.sample && end != u64::from(live.known_tokens) {
-            return Err(ContractViolation::SampleBeforeEnd { id: id() });
-        }
-        Ok(())
     }
 
     /// Check new tokens against the step in flight and the tokens the model gave, and rebuild
@@ -505,6 +450,56 @@ impl Mirror {
             Err(ContractViolation::StatsOutOfBounds(what))
         })
     }
+}
+
+/// One entry's range, blocks and sampling against what the host knows of its request; the
+/// request's block count follows the entry.
+fn check_entry(
+    live: &mut Live,
+    entry: &ScheduledRequest,
+    config: &SchedulerConfig,
+) -> Result<(), ContractViolation> {
+    let id = || entry.request_id.to_string();
+    if let Some(&block) = entry
+        .block_ids
+        .iter()
+        .find(|&&block| block == 0 || block >= config.num_blocks)
+    {
+        return Err(ContractViolation::BlockOutOfRange {
+            id: id(),
+            block,
+            num_blocks: config.num_blocks,
+        });
+    }
+    let added = u32::try_from(entry.block_ids.len()).unwrap_or(u32::MAX);
+    live.blocks = match entry.kind {
+        ScheduledKind::New | ScheduledKind::Resumed => added,
+        ScheduledKind::Running => live.blocks.saturating_add(added),
+    };
+    if entry.num_scheduled_tokens == 0 {
+        return Err(ContractViolation::EmptyEntry { id: id() });
+    }
+    let end = u64::from(entry.num_computed_tokens) + u64::from(entry.num_scheduled_tokens);
+    if end > u64::from(live.known_tokens) {
+        return Err(ContractViolation::RangePastKnownTokens {
+            id: id(),
+            computed: entry.num_computed_tokens,
+            scheduled: entry.num_scheduled_tokens,
+            known: live.known_tokens,
+        });
+    }
+    let needed = end.div_ceil(u64::from(config.block_size));
+    if needed > u64::from(live.blocks) {
+        return Err(ContractViolation::TooFewBlocks {
+            id: id(),
+            needed: u32::try_from(needed).unwrap_or(u32::MAX),
+            have: live.blocks,
+        });
+    }
+    if entry.sample && end != u64::from(live.known_tokens) {
+        return Err(ContractViolation::SampleBeforeEnd { id: id() });
+    }
+    Ok(())
 }
 
 /// A scheduler in a policy component, reached through `T`.

@@ -220,7 +220,11 @@ fn tell(lie: Lie, step: &mut WireSchedulerOutput, at: usize) -> fn(&ContractViol
             |v| matches!(v, ContractViolation::UnknownHandle { handle: 9999, .. })
         }
         Lie::RepeatedHandle => {
+            // Entry `other` becomes a copy of entry `at`: whichever comes first is valid.
             batch.handles[other] = batch.handles[at];
+            batch.num_computed_tokens[other] = batch.num_computed_tokens[at];
+            batch.num_scheduled_tokens[other] = batch.num_scheduled_tokens[at];
+            batch.details[other].block_ids = batch.details[at].block_ids.clone();
             |v| matches!(v, ContractViolation::RepeatedHandle { .. })
         }
         Lie::RangePastKnownTokens => {
