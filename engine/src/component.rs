@@ -115,6 +115,18 @@ impl Mirror {
             .is_some_and(|live| !live.finished)
     }
 
+    /// The unfinished request with this id.
+    fn unfinished_by_id(&mut self, call: Call, id: &str) -> Result<&mut Live, ContractViolation> {
+        self.by_id
+            .get(id)
+            .and_then(|handle| self.by_handle.get_mut(handle))
+            .filter(|live| !live.finished)
+            .ok_or_else(|| ContractViolation::UnknownRequestId {
+                call,
+                id: id.to_string(),
+            })
+    }
+
     fn live(&self, call: Call, handle: u64) -> Result<&Live, ContractViolation> {
         self.by_handle
             .get(&handle)
@@ -349,18 +361,7 @@ impl Mirror {
             if !asked.iter().any(|asked| **asked == **id) {
                 return Err(ContractViolation::UnaskedFinish { id: id.to_string() });
             }
-            let handle = self
-                .by_id
-                .get(id)
-                .copied()
-                .filter(|_| self.unfinished_id(id))
-                .ok_or_else(|| ContractViolation::UnknownRequestId {
-                    call: Call::FinishRequests,
-                    id: id.to_string(),
-                })?;
-            if let Some(live) = self.by_handle.get_mut(&handle) {
-                live.finished = true;
-            }
+            self.unfinished_by_id(Call::FinishRequests, id)?.finished = true;
         }
         self.check_events(Call::FinishRequests, &outcome.journey_events)
     }
@@ -368,18 +369,7 @@ impl Mirror {
     /// Every preempted id is a live request; preempted requests hold no blocks.
     fn reset_outcome(&mut self, outcome: &ResetOutcome) -> Result<(), ContractViolation> {
         for id in &outcome.preempted_ids {
-            let handle = self
-                .by_id
-                .get(id)
-                .copied()
-                .filter(|_| self.unfinished_id(id))
-                .ok_or_else(|| ContractViolation::UnknownRequestId {
-                    call: Call::ResetPrefixCache,
-                    id: id.to_string(),
-                })?;
-            if let Some(live) = self.by_handle.get_mut(&handle) {
-                live.blocks = 0;
-            }
+            self.unfinished_by_id(Call::ResetPrefixCache, id)?.blocks = 0;
         }
         self.check_events(Call::ResetPrefixCache, &outcome.journey_events)
     }
