@@ -78,6 +78,16 @@ struct Live {
     scheduled_stamp: u64,
 }
 
+impl Live {
+    fn reference(&self, handle: u64) -> RequestRef {
+        RequestRef {
+            id: self.id.clone(),
+            handle,
+            client_index: self.client_index,
+        }
+    }
+}
+
 /// The host's view of the live requests, built from what it sent and what the checked results
 /// said, and the step in flight.
 #[derive(Debug, Default)]
@@ -127,12 +137,6 @@ impl Mirror {
             })
     }
 
-    fn live(&self, call: Call, handle: u64) -> Result<&Live, ContractViolation> {
-        self.by_handle
-            .get(&handle)
-            .ok_or(ContractViolation::UnknownHandle { call, handle })
-    }
-
     fn unfinished_mut(
         by_handle: &mut FxHashMap<u64, Live>,
         call: Call,
@@ -145,12 +149,10 @@ impl Mirror {
     }
 
     fn reference(&self, call: Call, handle: u64) -> Result<RequestRef, ContractViolation> {
-        let live = self.live(call, handle)?;
-        Ok(RequestRef {
-            id: live.id.clone(),
-            handle,
-            client_index: live.client_index,
-        })
+        self.by_handle
+            .get(&handle)
+            .map(|live| live.reference(handle))
+            .ok_or(ContractViolation::UnknownHandle { call, handle })
     }
 
     /// Every event names a request the mirror holds (finished ones included: their FINISHED
@@ -197,12 +199,15 @@ impl Mirror {
                 max_num_seqs: config.max_num_seqs,
             });
         }
+        let mut preempted = Vec::with_capacity(output.preempted.len());
         for &handle in &output.preempted {
             // A request preempted by a cache reset may have been finished since.
-            match self.by_handle.get_mut(&handle) {
-                Some(live) => live.blocks = 0,
-                None => return Err(ContractViolation::UnknownHandle { call: CALL, handle }),
-            }
+            let live = self
+                .by_handle
+                .get_mut(&handle)
+                .ok_or(ContractViolation::UnknownHandle { call: CALL, handle })?;
+            live.blocks = 0;
+            preempted.push(live.reference(handle));
         }
         let mut next_detail = 0;
         for detail in &batch.details {
@@ -257,11 +262,6 @@ impl Mirror {
             });
         }
         self.check_events(CALL, &output.journey_events)?;
-        let preempted = output
-            .preempted
-            .iter()
-            .map(|&handle| self.reference(CALL, handle))
-            .collect::<Result<_, _>>()?;
         let finished: Vec<RequestRef> = output
             .finished
             .iter()

@@ -332,13 +332,11 @@ impl Worker {
             trace_parent,
             events,
         } = submission;
-        if self.availability.reason().is_some() && !self.reload() {
-            let reason = self
-                .availability
-                .reason()
-                .unwrap_or_else(|| "the scheduler is being reloaded after a fault".into());
-            let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(reason)));
-            return;
+        if self.availability.reason().is_some() {
+            if let Err(reason) = self.reload() {
+                let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(reason)));
+                return;
+            }
         }
         let id: RequestId = request.request.id.as_str().into();
         let now = self.parts.clock.now_ns();
@@ -473,11 +471,12 @@ impl Worker {
                 error: message.clone(),
             });
         }
-        self.reload();
+        // A failed reload is retried on the next submission; its reason is what `/health` says.
+        let _ = self.reload();
     }
 
-    /// Reload the scheduler; whether it is usable again.
-    fn reload(&mut self) -> bool {
+    /// Reload the scheduler, or say why it cannot serve.
+    fn reload(&mut self) -> Result<(), String> {
         match self.engine.reload() {
             Ok(lost) => {
                 let now = self.parts.clock.now_ns();
@@ -487,14 +486,13 @@ impl Worker {
                     }
                 }
                 self.availability.set(None);
-                true
+                Ok(())
             }
             Err(error) => {
                 eprintln!("waypoint: reloading the scheduler failed: {error}");
-                self.availability.set(Some(format!(
-                    "the scheduler could not be reloaded after a fault: {error}"
-                )));
-                false
+                let reason = format!("the scheduler could not be reloaded after a fault: {error}");
+                self.availability.set(Some(reason.clone()));
+                Err(reason)
             }
         }
     }

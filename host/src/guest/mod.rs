@@ -219,12 +219,9 @@ impl PolicyModule {
 
     /// A scheduler in a fresh instance of this component.
     pub fn create(&self, config: SchedulerConfig) -> Result<GuestBackend, BackendError> {
-        let (store, bindings) = self.instantiate()?;
         let transport = WasmtimeTransport {
             module: self.clone(),
-            store,
-            bindings,
-            scheduler: None,
+            instance: None,
         };
         ComponentBackend::new(transport, self.description.clone(), config)
     }
@@ -278,10 +275,15 @@ pub type GuestBackend = ComponentBackend<WasmtimeTransport>;
 /// is a [`GuestFault`]; [`ComponentBackend`] poisons the instance on it and checks every result.
 pub struct WasmtimeTransport {
     module: PolicyModule,
+    /// `None` until `create` or `import_state` succeeds.
+    instance: Option<Instance>,
+}
+
+/// A component instance and the scheduler resource living in it.
+struct Instance {
     store: Store<StoreState>,
     bindings: Policy,
-    /// `None` until `create` or `import_state` succeeds.
-    scheduler: Option<ResourceAny>,
+    scheduler: ResourceAny,
 }
 
 impl WasmtimeTransport {
@@ -290,10 +292,11 @@ impl WasmtimeTransport {
         &mut self,
         f: impl FnOnce(&Guest, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<T>,
     ) -> Result<T, BackendError> {
-        let scheduler = self.scheduler.ok_or(GuestFault::Unavailable)?;
+        let instance = self.instance.as_mut().ok_or(GuestFault::Unavailable)?;
         let limits = self.module.runtime.limits;
-        let bindings = self.bindings.waypoint_scheduler_scheduler().scheduler();
-        call(&mut self.store, limits, |store| {
+        let bindings = instance.bindings.waypoint_scheduler_scheduler().scheduler();
+        let scheduler = instance.scheduler;
+        call(&mut instance.store, limits, |store| {
             f(&bindings, store, scheduler)
         })
     }
@@ -306,15 +309,17 @@ impl WasmtimeTransport {
             &mut Store<StoreState>,
         ) -> wasmtime::Result<Result<ResourceAny, BackendError>>,
     ) -> Result<(), BackendError> {
-        self.scheduler = None;
+        self.instance = None;
         let (mut store, bindings) = self.module.instantiate()?;
         let limits = self.module.runtime.limits;
         let scheduler = call(&mut store, limits, |store| {
             make(&bindings.waypoint_scheduler_scheduler().scheduler(), store)
         })??;
-        self.store = store;
-        self.bindings = bindings;
-        self.scheduler = Some(scheduler);
+        self.instance = Some(Instance {
+            store,
+            bindings,
+            scheduler,
+        });
         Ok(())
     }
 }

@@ -107,19 +107,12 @@ fn first_detail(batch: &mut wit::ScheduledBatch) -> &mut wit::ScheduledDetail {
 
 impl Lying {
     fn corrupt(&self, output: &mut wit::SchedulerOutput) {
-        if RULE == "unknown-preempted" {
-            output.preempted.push(GHOST_HANDLE);
-            return;
-        }
-        if RULE == "unknown-event-id" {
-            output.journey_events.push(ghost_event(output.step));
-            return;
-        }
         let batch = &mut output.batch;
-        if batch.handles.is_empty() {
-            return;
-        }
         match RULE {
+            "unknown-preempted" => output.preempted.push(GHOST_HANDLE),
+            "unknown-event-id" => output.journey_events.push(ghost_event(output.step)),
+            // The other lies are about the batch's entries.
+            _ if batch.handles.is_empty() => {}
             "unknown-handle" => batch.handles[0] = GHOST_HANDLE,
             "repeated-handle" => {
                 repeat_first(batch);
