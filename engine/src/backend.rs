@@ -7,10 +7,12 @@ use std::fmt;
 use thiserror::Error;
 
 pub use crate::fault::GuestFault;
-use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
+use waypoint_scheduler::output::{
+    Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
+};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyEvent, ModelOutput, NewRequest, OutputError, PolicyKind,
-    RequestError, Scheduler, SchedulerConfig, SchedulerStats, StateError, StepEvent,
+    ConfigError, FinishStatus, ModelOutput, NewRequest, OutputError, PolicyKind, RequestError,
+    Scheduler, SchedulerConfig, SchedulerStats, StateError, StepEvent,
 };
 
 /// Why a backend call failed. Scheduler errors are the crate's own types on both backends.
@@ -57,11 +59,7 @@ pub trait SchedulerBackend {
     /// Which policy runs, and from where.
     fn policy(&self) -> &PolicyDescription;
     /// Submit a request.
-    fn add_request(
-        &mut self,
-        request: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError>;
+    fn add_request(&mut self, request: NewRequest, now_ns: u64) -> Result<Added, BackendError>;
     /// Decide the next step.
     fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError>;
     /// Report the step's sampled tokens.
@@ -126,11 +124,7 @@ impl SchedulerBackend for NativeBackend {
     fn policy(&self) -> &PolicyDescription {
         &self.description
     }
-    fn add_request(
-        &mut self,
-        request: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError> {
+    fn add_request(&mut self, request: NewRequest, now_ns: u64) -> Result<Added, BackendError> {
         Ok(self.scheduler.add_request(request, now_ns)?)
     }
     fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {

@@ -9,20 +9,19 @@
 
 use rustc_hash::FxHashMap;
 use waypoint_scheduler::output::{
-    EngineOutputs, FinishOutcome, RequestOutput, RequestRef, ResetOutcome, ScheduledRequest,
-    SchedulerOutput,
+    Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
 };
 use waypoint_scheduler::{
-    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestError, RequestId, ScheduledKind,
-    SchedulerConfig, SchedulerStats, StepEvent,
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestError, RequestHandle, RequestId,
+    ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::fault::{Call, ContractViolation, GuestFault};
-use crate::wire::{self, Added, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
+use crate::wire::{self, LiveRequest};
 
 /// The calls of the `waypoint:scheduler` world as one binding makes them. A transport converts
-/// its binding's types to the crate's and the [`wire`] records and reports traps, timeouts and
+/// its binding's types to the scheduler crate's records and reports traps, timeouts and
 /// malformed records as [`GuestFault`]s; it checks nothing else.
 pub trait Transport {
     /// Replace the scheduler with a fresh one for `config` in a fresh instance.
@@ -32,14 +31,14 @@ pub trait Transport {
     /// `add-request`.
     fn add_request(&mut self, request: &NewRequest, now_ns: u64) -> Result<Added, BackendError>;
     /// `schedule`.
-    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError>;
+    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError>;
     /// `update-from-output`: a token per entry and the entries that have none.
     fn update_from_output(
         &mut self,
         token_ids: &[u32],
         missing: &[u32],
         now_ns: u64,
-    ) -> Result<WireEngineOutputs, BackendError>;
+    ) -> Result<EngineOutputs, BackendError>;
     /// `finish-requests`.
     fn finish_requests(
         &mut self,
@@ -67,7 +66,6 @@ pub trait Transport {
 #[derive(Clone, Debug)]
 struct Live {
     id: RequestId,
-    client_index: u32,
     /// Prompt and generated tokens.
     known_tokens: u32,
     /// KV blocks the guest has given it.
@@ -78,24 +76,16 @@ struct Live {
     scheduled_stamp: u64,
 }
 
-impl Live {
-    fn reference(&self, handle: u64) -> RequestRef {
-        RequestRef {
-            id: self.id.clone(),
-            handle,
-            client_index: self.client_index,
-        }
-    }
-}
-
 /// The host's view of the live requests, built from what it sent and what the checked results
 /// said, and the step in flight.
 #[derive(Debug, Default)]
 struct Mirror {
-    by_handle: FxHashMap<u64, Live>,
-    by_id: FxHashMap<RequestId, u64>,
+    by_handle: FxHashMap<RequestHandle, Live>,
+    by_id: FxHashMap<RequestId, RequestHandle>,
+    /// Requests not finished.
+    unfinished: usize,
     /// The in-flight step's handles, in batch order.
-    in_flight: Vec<u64>,
+    in_flight: Vec<RequestHandle>,
     /// Counts `schedule` calls; stamps scheduled entries.
     stamp: u64,
 }
@@ -105,16 +95,25 @@ impl Mirror {
         *self = Self::default();
     }
 
-    fn insert(&mut self, handle: u64, live: Live) {
+    fn insert(&mut self, handle: RequestHandle, live: Live) {
+        self.unfinished += usize::from(!live.finished);
         self.by_id.insert(live.id.clone(), handle);
         self.by_handle.insert(handle, live);
     }
 
-    fn remove(&mut self, handle: u64) {
+    fn remove(&mut self, handle: RequestHandle) {
         if let Some(live) = self.by_handle.remove(&handle) {
+            self.unfinished -= usize::from(!live.finished);
             if self.by_id.get(&live.id) == Some(&handle) {
                 self.by_id.remove(&live.id);
             }
+        }
+    }
+
+    fn mark_finished(live: &mut Live, unfinished: &mut usize) {
+        if !live.finished {
+            live.finished = true;
+            *unfinished -= 1;
         }
     }
 
@@ -138,9 +137,9 @@ impl Mirror {
     }
 
     fn unfinished_mut(
-        by_handle: &mut FxHashMap<u64, Live>,
+        by_handle: &mut FxHashMap<RequestHandle, Live>,
         call: Call,
-        handle: u64,
+        handle: RequestHandle,
     ) -> Result<&mut Live, ContractViolation> {
         by_handle
             .get_mut(&handle)
@@ -148,11 +147,25 @@ impl Mirror {
             .ok_or(ContractViolation::UnknownHandle { call, handle })
     }
 
-    fn reference(&self, call: Call, handle: u64) -> Result<RequestRef, ContractViolation> {
-        self.by_handle
-            .get(&handle)
-            .map(|live| live.reference(handle))
-            .ok_or(ContractViolation::UnknownHandle { call, handle })
+    /// The request a reference names, if its id is that handle's.
+    fn referenced(
+        &mut self,
+        call: Call,
+        reference: &RequestRef,
+    ) -> Result<&mut Live, ContractViolation> {
+        let handle = reference.handle;
+        let live = self
+            .by_handle
+            .get_mut(&handle)
+            .ok_or(ContractViolation::UnknownHandle { call, handle })?;
+        if live.id != reference.id {
+            return Err(ContractViolation::MismatchedReference {
+                call,
+                handle,
+                id: reference.id.to_string(),
+            });
+        }
+        Ok(live)
     }
 
     /// Every event names a request the mirror holds (finished ones included: their FINISHED
@@ -170,84 +183,45 @@ impl Mirror {
         }
     }
 
-    /// Check a step against the mirror and the configuration and rebuild its per-request
-    /// records; the requests it reports finished leave the mirror.
-    fn scheduler_output(
+    /// Check a step against the mirror and the configuration; the requests it reports
+    /// finished leave the mirror.
+    fn check_schedule(
         &mut self,
-        output: WireSchedulerOutput,
+        output: &SchedulerOutput,
         config: &SchedulerConfig,
-    ) -> Result<SchedulerOutput, ContractViolation> {
+    ) -> Result<(), ContractViolation> {
         const CALL: Call = Call::Schedule;
-        let malformed = |what: String| ContractViolation::Malformed { call: CALL, what };
-        let batch = output.batch;
-        let count = batch.handles.len();
-        if [
-            batch.num_computed_tokens.len(),
-            batch.num_scheduled_tokens.len(),
-            batch.sample.len(),
-        ]
-        .iter()
-        .any(|&len| len != count)
-        {
-            return Err(malformed(
-                "the batch's parallel lists differ in length".into(),
-            ));
+        let batch = &output.batch;
+        if !batch.is_well_formed() {
+            return Err(ContractViolation::Malformed {
+                call: CALL,
+                what: "the batch's parallel lists differ in length, or its details are out of \
+                       order or range"
+                    .into(),
+            });
         }
+        let count = batch.len();
         if count > config.max_num_seqs as usize {
             return Err(ContractViolation::TooManyEntries {
                 entries: count,
                 max_num_seqs: config.max_num_seqs,
             });
         }
-        let mut preempted = Vec::with_capacity(output.preempted.len());
-        for &handle in &output.preempted {
-            // A request preempted by a cache reset may have been finished since.
-            let live = self
-                .by_handle
-                .get_mut(&handle)
-                .ok_or(ContractViolation::UnknownHandle { call: CALL, handle })?;
-            live.blocks = 0;
-            preempted.push(live.reference(handle));
+        // A request preempted by a cache reset may have been finished since.
+        for reference in &output.preempted {
+            self.referenced(CALL, reference)?.blocks = 0;
         }
-        let mut next_detail = 0;
-        for detail in &batch.details {
-            let index = detail.index as usize;
-            if index < next_detail || index >= count {
-                return Err(malformed(format!(
-                    "batch detail for entry {index} of {count}, out of order or range"
-                )));
-            }
-            next_detail = index + 1;
-        }
-        let mut details = batch.details.into_iter().peekable();
-        let mut scheduled: Vec<ScheduledRequest> = Vec::with_capacity(count);
         let mut sum: u64 = 0;
         self.stamp += 1;
-        for index in 0..count {
-            let handle = batch.handles[index];
+        for entry in batch.entries() {
+            let handle = entry.handle;
             let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
             if live.scheduled_stamp == self.stamp {
                 return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
             }
             live.scheduled_stamp = self.stamp;
-            let mut entry = ScheduledRequest {
-                request_id: live.id.clone(),
-                handle,
-                kind: ScheduledKind::Running,
-                num_computed_tokens: batch.num_computed_tokens[index],
-                num_scheduled_tokens: batch.num_scheduled_tokens[index],
-                block_ids: Vec::new(),
-                token_ids: Vec::new(),
-                sample: batch.sample[index],
-            };
-            if let Some(detail) = details.next_if(|detail| detail.index as usize == index) {
-                entry.kind = detail.kind;
-                entry.block_ids = detail.block_ids;
-                entry.token_ids = detail.token_ids;
-            }
             check_entry(live, &entry, config)?;
             sum += u64::from(entry.num_scheduled_tokens);
-            scheduled.push(entry);
         }
         if sum > u64::from(config.max_num_batched_tokens) {
             return Err(ContractViolation::OverTokenBudget {
@@ -262,35 +236,22 @@ impl Mirror {
             });
         }
         self.check_events(CALL, &output.journey_events)?;
-        let finished: Vec<RequestRef> = output
-            .finished
-            .iter()
-            .map(|&handle| self.reference(CALL, handle))
-            .collect::<Result<_, _>>()?;
-        for reference in &finished {
+        for reference in &output.finished {
+            self.referenced(CALL, reference)?;
+        }
+        for reference in &output.finished {
             self.remove(reference.handle);
         }
-        self.in_flight.clear();
-        self.in_flight
-            .extend(scheduled.iter().map(|entry| entry.handle));
-        Ok(SchedulerOutput {
-            step: output.step,
-            scheduled,
-            total_num_scheduled_tokens: output.total_num_scheduled_tokens,
-            preempted,
-            finished,
-            journey_events: output.journey_events,
-            step_events: output.step_events,
-        })
+        self.in_flight.clone_from(&batch.handles);
+        Ok(())
     }
 
-    /// Check new tokens against the step in flight and the tokens the model gave, and rebuild
-    /// the per-request outputs.
-    fn engine_outputs(
+    /// Check new tokens against the step in flight and the tokens the model gave.
+    fn check_outputs(
         &mut self,
-        outputs: WireEngineOutputs,
+        outputs: &EngineOutputs,
         given: &ModelOutput,
-    ) -> Result<EngineOutputs, ContractViolation> {
+    ) -> Result<(), ContractViolation> {
         const CALL: Call = Call::UpdateFromOutput;
         let count = outputs.handles.len();
         if outputs.token_ids.len() != count {
@@ -299,7 +260,17 @@ impl Mirror {
                 what: "output handles and tokens differ in length".into(),
             });
         }
-        let mut converted = Vec::with_capacity(count);
+        let mut next_finish = 0;
+        for finish in &outputs.finishes {
+            let index = finish.index as usize;
+            if index < next_finish || index >= count {
+                return Err(ContractViolation::Malformed {
+                    call: CALL,
+                    what: format!("finish for output {index} of {count}, out of order or range"),
+                });
+            }
+            next_finish = index + 1;
+        }
         let mut cursor = 0;
         for (&handle, &token_id) in outputs.handles.iter().zip(&outputs.token_ids) {
             let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
@@ -317,38 +288,14 @@ impl Mirror {
             }
             cursor = sampled.map_or(cursor, |position| position + 1);
             live.known_tokens = live.known_tokens.saturating_add(1);
-            converted.push(RequestOutput {
-                request_id: live.id.clone(),
-                handle,
-                client_index: live.client_index,
-                token_id,
-                finish_status: None,
-                stop_reason: None,
-            });
         }
-        let mut next_finish = 0;
-        for finish in outputs.finishes {
-            let index = finish.index as usize;
-            if index < next_finish || index >= count {
-                return Err(ContractViolation::Malformed {
-                    call: CALL,
-                    what: format!("finish for output {index} of {count}, out of order or range"),
-                });
-            }
-            next_finish = index + 1;
-            let output = &mut converted[index];
-            output.finish_status = Some(finish.status);
-            output.stop_reason = finish.stop_reason;
-            if let Some(live) = self.by_handle.get_mut(&output.handle) {
-                live.finished = true;
+        for finish in &outputs.finishes {
+            let handle = outputs.handles[finish.index as usize];
+            if let Some(live) = self.by_handle.get_mut(&handle) {
+                Self::mark_finished(live, &mut self.unfinished);
             }
         }
-        self.check_events(CALL, &outputs.journey_events)?;
-        Ok(EngineOutputs {
-            step: outputs.step,
-            outputs: converted,
-            journey_events: outputs.journey_events,
-        })
+        self.check_events(CALL, &outputs.journey_events)
     }
 
     /// Every id finished was asked for and live; they are marked finished.
@@ -361,7 +308,9 @@ impl Mirror {
             if !asked.iter().any(|asked| **asked == **id) {
                 return Err(ContractViolation::UnaskedFinish { id: id.to_string() });
             }
-            self.unfinished_by_id(Call::FinishRequests, id)?.finished = true;
+            let live = self.unfinished_by_id(Call::FinishRequests, id)?;
+            live.finished = true;
+            self.unfinished -= 1;
         }
         self.check_events(Call::FinishRequests, &outcome.journey_events)
     }
@@ -386,7 +335,6 @@ impl Mirror {
             }
             let live = Live {
                 id: request.id,
-                client_index: request.client_index,
                 known_tokens: request.num_tokens,
                 blocks: request.num_blocks,
                 finished: request.finished,
@@ -403,11 +351,7 @@ impl Mirror {
         stats: &SchedulerStats,
         config: &SchedulerConfig,
     ) -> Result<(), ContractViolation> {
-        let unfinished = self
-            .by_handle
-            .values()
-            .filter(|live| !live.finished)
-            .count();
+        let unfinished = self.unfinished;
         let cache = &stats.prefix_cache;
         let breach = if stats.num_usable_blocks != config.num_blocks.saturating_sub(1) {
             Some(format!(
@@ -446,17 +390,16 @@ impl Mirror {
 /// request's block count follows the entry.
 fn check_entry(
     live: &mut Live,
-    entry: &ScheduledRequest,
+    entry: &ScheduledEntry<'_>,
     config: &SchedulerConfig,
 ) -> Result<(), ContractViolation> {
-    let id = || entry.request_id.to_string();
     if let Some(&block) = entry
         .block_ids
         .iter()
         .find(|&&block| block == 0 || block >= config.num_blocks)
     {
         return Err(ContractViolation::BlockOutOfRange {
-            id: id(),
+            id: live.id.to_string(),
             block,
             num_blocks: config.num_blocks,
         });
@@ -467,12 +410,14 @@ fn check_entry(
         ScheduledKind::Running => live.blocks.saturating_add(added),
     };
     if entry.num_scheduled_tokens == 0 {
-        return Err(ContractViolation::EmptyEntry { id: id() });
+        return Err(ContractViolation::EmptyEntry {
+            id: live.id.to_string(),
+        });
     }
     let end = u64::from(entry.num_computed_tokens) + u64::from(entry.num_scheduled_tokens);
     if end > u64::from(live.known_tokens) {
         return Err(ContractViolation::RangePastKnownTokens {
-            id: id(),
+            id: live.id.to_string(),
             computed: entry.num_computed_tokens,
             scheduled: entry.num_scheduled_tokens,
             known: live.known_tokens,
@@ -481,13 +426,15 @@ fn check_entry(
     let needed = end.div_ceil(u64::from(config.block_size));
     if needed > u64::from(live.blocks) {
         return Err(ContractViolation::TooFewBlocks {
-            id: id(),
+            id: live.id.to_string(),
             needed: u32::try_from(needed).unwrap_or(u32::MAX),
             have: live.blocks,
         });
     }
     if entry.sample && end != u64::from(live.known_tokens) {
-        return Err(ContractViolation::SampleBeforeEnd { id: id() });
+        return Err(ContractViolation::SampleBeforeEnd {
+            id: live.id.to_string(),
+        });
     }
     Ok(())
 }
@@ -554,18 +501,13 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
         &self.description
     }
 
-    fn add_request(
-        &mut self,
-        request: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError> {
+    fn add_request(&mut self, request: NewRequest, now_ns: u64) -> Result<Added, BackendError> {
         if self.mirror.unfinished_id(&request.id) {
             return Err(RequestError::DuplicateId { id: request.id }.into());
         }
         let added = self.call(|transport| transport.add_request(&request, now_ns))?;
         let live = Live {
             id: request.id.as_str().into(),
-            client_index: request.client_index,
             known_tokens: u32::try_from(request.prompt_token_ids.len()).unwrap_or(u32::MAX),
             blocks: 0,
             finished: false,
@@ -581,13 +523,14 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
             .mirror
             .check_events(Call::AddRequest, &added.journey_events);
         self.checked(events)?;
-        Ok(added.journey_events)
+        Ok(added)
     }
 
     fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         let output = self.call(|transport| transport.schedule(now_ns))?;
-        let checked = self.mirror.scheduler_output(output, &self.config);
-        self.checked(checked)
+        let checked = self.mirror.check_schedule(&output, &self.config);
+        self.checked(checked)?;
+        Ok(output)
     }
 
     fn update_from_output(
@@ -598,8 +541,9 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
         let (token_ids, missing) = wire::model_output(output);
         let outputs =
             self.call(|transport| transport.update_from_output(&token_ids, &missing, now_ns))?;
-        let checked = self.mirror.engine_outputs(outputs, output);
-        self.checked(checked)
+        let checked = self.mirror.check_outputs(&outputs, output);
+        self.checked(checked)?;
+        Ok(outputs)
     }
 
     fn finish_requests(

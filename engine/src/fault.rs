@@ -2,6 +2,7 @@
 //! result it returned breaks.
 
 use thiserror::Error;
+use waypoint_scheduler::RequestHandle;
 
 /// A fault of a guest component, as opposed to an error the scheduler reported.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -84,7 +85,7 @@ pub enum ContractViolation {
         /// The call.
         call: Call,
         /// The handle.
-        handle: u64,
+        handle: RequestHandle,
     },
     /// A handle named twice in one step's batch, or twice among one call's outputs.
     #[error("{call}: request handle {handle} is named twice")]
@@ -92,13 +93,23 @@ pub enum ContractViolation {
         /// The call.
         call: Call,
         /// The handle.
-        handle: u64,
+        handle: RequestHandle,
+    },
+    /// A preempted or finished reference whose id is not its handle's request.
+    #[error("{call}: request handle {handle} belongs to another request than {id:?}")]
+    MismatchedReference {
+        /// The call.
+        call: Call,
+        /// The handle.
+        handle: RequestHandle,
+        /// The id the guest paired with it.
+        id: String,
     },
     /// `add-request` returned a handle that a live request already has.
     #[error("add-request: handle {handle} already belongs to a live request")]
     HandleReused {
         /// The handle.
-        handle: u64,
+        handle: RequestHandle,
     },
     /// An entry's range runs past the tokens the request has (computed + scheduled ≤ prompt +
     /// generated).

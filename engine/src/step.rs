@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use waypoint_scheduler::{
-    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestId, ScheduledKind, SchedulerConfig,
-    SchedulerStats, StepEvent,
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestHandle, RequestId, ScheduledKind,
+    SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use waypoint_model::sampling::{sample, SamplingParams};
@@ -55,6 +55,7 @@ pub struct NewToken {
 }
 
 struct Running {
+    id: RequestId,
     tokens: Vec<u32>,
     prompt_len: usize,
     block_table: Vec<u32>,
@@ -65,9 +66,9 @@ struct Running {
 }
 
 impl Running {
-    fn complete(self, id: RequestId, finish_status: FinishStatus, finish_ns: u64) -> Completion {
+    fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> Completion {
         Completion {
-            id,
+            id: self.id,
             token_ids: self.tokens[self.prompt_len..].to_vec(),
             finish_status,
             arrival_ns: self.arrival_ns,
@@ -85,7 +86,8 @@ pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send> {
     backend: Box<B>,
     model: Model,
     cache: PagedKvCache,
-    requests: HashMap<RequestId, Running>,
+    requests: HashMap<RequestHandle, Running>,
+    handles: HashMap<RequestId, RequestHandle>,
 }
 
 /// What one engine step produced.
@@ -148,7 +150,15 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             model,
             cache,
             requests: HashMap::new(),
+            handles: HashMap::new(),
         }
+    }
+
+    /// Take a request out of both maps.
+    fn remove(&mut self, handle: RequestHandle) -> Option<Running> {
+        let running = self.requests.remove(&handle)?;
+        self.handles.remove(&running.id);
+        Some(running)
     }
 
     /// Requests not finished.
@@ -164,6 +174,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     ) -> Result<Vec<JourneyEvent>, BackendError> {
         let id: RequestId = request.request.id.as_str().into();
         let running = Running {
+            id: id.clone(),
             tokens: request.request.prompt_token_ids.clone(),
             prompt_len: request.request.prompt_token_ids.len(),
             block_table: Vec::new(),
@@ -172,9 +183,17 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             first_scheduled_ns: None,
             first_token_ns: None,
         };
-        let events = self.backend.add_request(request.request, now_ns)?;
-        self.requests.insert(id, running);
-        Ok(events)
+        let added = self.backend.add_request(request.request, now_ns)?;
+        // The component backend checks this already; a native scheduler's bug stops here too.
+        if self.requests.contains_key(&added.handle) {
+            let violation = ContractViolation::HandleReused {
+                handle: added.handle,
+            };
+            return Err(GuestFault::Contract(violation).into());
+        }
+        self.requests.insert(added.handle, running);
+        self.handles.insert(id, added.handle);
+        Ok(added.journey_events)
     }
 
     /// One step: schedule, compute, sample, update. `clock` gives the time after the model ran.
@@ -219,22 +238,22 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             ..StepResult::default()
         };
         for preempted in &output.preempted {
-            if let Some(running) = self.requests.get_mut(&preempted.id) {
+            if let Some(running) = self.requests.get_mut(&preempted.handle) {
                 running.block_table.clear();
                 result.preempted.push(preempted.id.clone());
             }
         }
         let mut batch = PagedBatch::default();
-        for entry in &output.scheduled {
-            let Some(running) = self.requests.get_mut(&entry.request_id) else {
+        for entry in output.batch.entries() {
+            let Some(running) = self.requests.get_mut(&entry.handle) else {
                 continue;
             };
             running.first_scheduled_ns.get_or_insert(now_ns);
             match entry.kind {
                 ScheduledKind::New | ScheduledKind::Resumed => {
-                    running.block_table = entry.block_ids.clone()
+                    running.block_table = entry.block_ids.to_vec()
                 }
-                ScheduledKind::Running => running.block_table.extend_from_slice(&entry.block_ids),
+                ScheduledKind::Running => running.block_table.extend_from_slice(entry.block_ids),
             }
             let start = entry.num_computed_tokens as usize;
             let end = start + entry.num_scheduled_tokens as usize;
@@ -242,7 +261,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             // scheduler's bug from reaching the model too.
             let tokens = running.tokens.get(start..end).ok_or_else(|| {
                 GuestFault::Contract(ContractViolation::RangePastKnownTokens {
-                    id: entry.request_id.to_string(),
+                    id: running.id.to_string(),
                     computed: entry.num_computed_tokens,
                     scheduled: entry.num_scheduled_tokens,
                     known: running.tokens.len() as u32,
@@ -274,14 +293,16 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         } = planned;
         let mut logits = logits.into_iter();
         let sampled = output
-            .scheduled
+            .batch
+            .handles
             .iter()
-            .map(|entry| {
-                if !entry.sample {
+            .zip(&output.batch.sample)
+            .map(|(handle, &sampled)| {
+                if !sampled {
                     return None;
                 }
                 let row = logits.next()?;
-                let running = self.requests.get(&entry.request_id)?;
+                let running = self.requests.get(handle)?;
                 let index = (running.tokens.len() - running.prompt_len) as u64;
                 Some(sample(&row, &running.sampling, index))
             })
@@ -296,21 +317,19 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         result
             .journey_events
             .extend(engine.journey_events.iter().cloned());
-        for out in engine.outputs {
-            let Some(running) = self.requests.get_mut(&out.request_id) else {
+        for (handle, token_id, finish) in engine.tokens() {
+            let Some(running) = self.requests.get_mut(&handle) else {
                 continue;
             };
-            running.tokens.push(out.token_id);
+            running.tokens.push(token_id);
             running.first_token_ns.get_or_insert(now);
             result.tokens.push(NewToken {
-                id: out.request_id.clone(),
-                token_id: out.token_id,
+                id: running.id.clone(),
+                token_id,
             });
-            if let Some(status) = out.finish_status {
-                if let Some(done) = self.requests.remove(&out.request_id) {
-                    result
-                        .finished
-                        .push(done.complete(out.request_id, status, now));
+            if let Some(finish) = finish {
+                if let Some(done) = self.remove(handle) {
+                    result.finished.push(done.complete(finish.status, now));
                 }
             }
         }
@@ -327,7 +346,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     ) -> Result<Finished, BackendError> {
         let ids: Vec<String> = ids
             .iter()
-            .filter(|id| self.requests.contains_key(*id))
+            .filter(|id| self.handles.contains_key(*id))
             .map(|id| id.to_string())
             .collect();
         if ids.is_empty() {
@@ -338,8 +357,8 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             .finished_ids
             .into_iter()
             .filter_map(|id| {
-                let running = self.requests.remove(&id)?;
-                Some(running.complete(id, status, now_ns))
+                let handle = *self.handles.get(&id)?;
+                Some(self.remove(handle)?.complete(status, now_ns))
             })
             .collect();
         Ok(Finished {
@@ -351,7 +370,8 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     /// After a fault: a fresh scheduler of the same configuration. Every request it held is
     /// lost; their ids are returned so that the caller can fail them.
     pub fn reload(&mut self) -> Result<Vec<RequestId>, BackendError> {
-        let lost = self.requests.drain().map(|(id, _)| id).collect();
+        self.requests.clear();
+        let lost = self.handles.drain().map(|(id, _)| id).collect();
         self.backend.reload()?;
         Ok(lost)
     }

@@ -5,13 +5,14 @@ use proptest::prelude::*;
 use waypoint_engine::backend::{BackendError, GuestFault, PolicyDescription, SchedulerBackend};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_engine::fault::ContractViolation;
-use waypoint_engine::wire::{
-    Added, Batch, Detail, LiveRequest, WireEngineOutputs, WireSchedulerOutput,
+use waypoint_engine::wire::LiveRequest;
+use waypoint_scheduler::output::{
+    Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail,
+    SchedulerOutput,
 };
-use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
 use waypoint_scheduler::{
-    FinishStatus, JourneyConfig, JourneyEvent, ModelOutput, NewRequest, ScheduledKind, Scheduler,
-    SchedulerConfig, SchedulerStats, StepEvent,
+    FinishStatus, JourneyConfig, JourneyEvent, ModelOutput, NewRequest, RequestHandle,
+    ScheduledKind, Scheduler, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 const BLOCK_SIZE: u32 = 16;
@@ -21,8 +22,8 @@ const NUM_BLOCKS: u32 = 512;
 #[derive(Default)]
 struct Scripted {
     next_handle: u64,
-    step: Option<WireSchedulerOutput>,
-    outputs: Option<WireEngineOutputs>,
+    step: Option<SchedulerOutput>,
+    outputs: Option<EngineOutputs>,
 }
 
 impl Transport for Scripted {
@@ -35,11 +36,11 @@ impl Transport for Scripted {
     fn add_request(&mut self, _request: &NewRequest, _now_ns: u64) -> Result<Added, BackendError> {
         self.next_handle += 1;
         Ok(Added {
-            handle: self.next_handle,
+            handle: RequestHandle(self.next_handle),
             journey_events: Vec::new(),
         })
     }
-    fn schedule(&mut self, _now_ns: u64) -> Result<WireSchedulerOutput, BackendError> {
+    fn schedule(&mut self, _now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         Ok(self.step.take().unwrap_or_default())
     }
     fn update_from_output(
@@ -47,7 +48,7 @@ impl Transport for Scripted {
         _token_ids: &[u32],
         _missing: &[u32],
         _now_ns: u64,
-    ) -> Result<WireEngineOutputs, BackendError> {
+    ) -> Result<EngineOutputs, BackendError> {
         Ok(self.outputs.take().unwrap_or_default())
     }
     fn finish_requests(
@@ -81,10 +82,7 @@ impl Transport for Scripted {
 
 /// A backend holding requests with these prompt lengths, and a valid first step that prefills
 /// all of them (the budget and `max_num_seqs` are exactly what it uses).
-fn setup(
-    prompts: &[u32],
-    prefix_hits: &[u32],
-) -> (ComponentBackend<Scripted>, WireSchedulerOutput) {
+fn setup(prompts: &[u32], prefix_hits: &[u32]) -> (ComponentBackend<Scripted>, SchedulerOutput) {
     let total: u32 = prompts
         .iter()
         .zip(prefix_hits)
@@ -105,7 +103,7 @@ fn setup(
     };
     let mut backend =
         ComponentBackend::new(Scripted::default(), description, config).expect("created");
-    let mut batch = Batch::default();
+    let mut batch = ScheduledBatch::default();
     let mut next_block = 1;
     for (index, (&len, &hit)) in prompts.iter().zip(prefix_hits).enumerate() {
         let request = NewRequest::new(format!("r{index}"), vec![7; len as usize]);
@@ -117,35 +115,35 @@ fn setup(
                 next_block
             })
             .collect();
-        batch.handles.push(index as u64 + 1);
+        batch.handles.push(RequestHandle(index as u64 + 1));
         batch.num_computed_tokens.push(computed);
         batch.num_scheduled_tokens.push(len - computed);
         batch.sample.push(true);
-        batch.details.push(Detail {
+        batch.details.push(ScheduledDetail {
             index: index as u32,
             kind: ScheduledKind::New,
             block_ids: blocks,
             token_ids: vec![7; len as usize],
         });
     }
-    let step = WireSchedulerOutput {
+    let step = SchedulerOutput {
         step: 1,
         batch,
         total_num_scheduled_tokens: total,
-        ..WireSchedulerOutput::default()
+        ..SchedulerOutput::default()
     };
     (backend, step)
 }
 
 fn schedule(
     backend: &mut ComponentBackend<Scripted>,
-    step: WireSchedulerOutput,
+    step: SchedulerOutput,
 ) -> Result<Vec<(u32, u32)>, BackendError> {
     backend.transport_mut().step = Some(step);
     let output = backend.schedule(1)?;
     Ok(output
-        .scheduled
-        .iter()
+        .batch
+        .entries()
         .map(|entry| (entry.num_computed_tokens, entry.num_scheduled_tokens))
         .collect())
 }
@@ -172,6 +170,7 @@ enum Lie {
     SampleBeforeEnd,
     EmptyEntry,
     UnknownPreempted,
+    MismatchedPreempted,
     UnknownEventId,
     ListsDiffer,
     DetailOutOfRange,
@@ -191,6 +190,7 @@ fn lie() -> impl Strategy<Value = Lie> {
         Just(Lie::SampleBeforeEnd),
         Just(Lie::EmptyEntry),
         Just(Lie::UnknownPreempted),
+        Just(Lie::MismatchedPreempted),
         Just(Lie::UnknownEventId),
         Just(Lie::ListsDiffer),
         Just(Lie::DetailOutOfRange),
@@ -204,20 +204,28 @@ fn ghost_event() -> JourneyEvent {
         ..SchedulerConfig::default()
     };
     let mut scheduler = Scheduler::new(config).expect("valid config");
-    let events = scheduler
+    let added = scheduler
         .add_request(NewRequest::new("ghost", vec![1, 2, 3]), 0)
         .expect("added");
-    events[0].clone()
+    added.journey_events[0].clone()
 }
 
 /// Apply `lie` to entry `at`; whether the rule it breaks is what the check must name.
-fn tell(lie: Lie, step: &mut WireSchedulerOutput, at: usize) -> fn(&ContractViolation) -> bool {
+fn tell(lie: Lie, step: &mut SchedulerOutput, at: usize) -> fn(&ContractViolation) -> bool {
     let batch = &mut step.batch;
     let other = (at + 1) % batch.handles.len();
     match lie {
         Lie::UnknownHandle => {
-            batch.handles[at] = 9999;
-            |v| matches!(v, ContractViolation::UnknownHandle { handle: 9999, .. })
+            batch.handles[at] = RequestHandle(9999);
+            |v| {
+                matches!(
+                    v,
+                    ContractViolation::UnknownHandle {
+                        handle: RequestHandle(9999),
+                        ..
+                    }
+                )
+            }
         }
         Lie::RepeatedHandle => {
             // Entry `other` becomes a copy of entry `at`: whichever comes first is valid.
@@ -273,8 +281,28 @@ fn tell(lie: Lie, step: &mut WireSchedulerOutput, at: usize) -> fn(&ContractViol
             |v| matches!(v, ContractViolation::EmptyEntry { .. })
         }
         Lie::UnknownPreempted => {
-            step.preempted.push(4242);
-            |v| matches!(v, ContractViolation::UnknownHandle { handle: 4242, .. })
+            step.preempted.push(RequestRef {
+                id: "ghost".into(),
+                handle: RequestHandle(4242),
+                client_index: 0,
+            });
+            |v| {
+                matches!(
+                    v,
+                    ContractViolation::UnknownHandle {
+                        handle: RequestHandle(4242),
+                        ..
+                    }
+                )
+            }
+        }
+        Lie::MismatchedPreempted => {
+            step.preempted.push(RequestRef {
+                id: "ghost".into(),
+                handle: batch.handles[at],
+                client_index: 0,
+            });
+            |v| matches!(v, ContractViolation::MismatchedReference { .. })
         }
         Lie::UnknownEventId => {
             step.journey_events.push(ghost_event());
@@ -298,7 +326,7 @@ fn prompts() -> impl Strategy<Value = (Vec<u32>, Vec<u32>)> {
 
 proptest! {
     #[test]
-    fn a_valid_step_passes_and_is_rebuilt((prompts, hits) in prompts()) {
+    fn a_valid_step_passes_unchanged((prompts, hits) in prompts()) {
         let (mut backend, step) = setup(&prompts, &hits);
         let expected: Vec<(u32, u32)> = step
             .batch
@@ -330,7 +358,7 @@ proptest! {
     #[test]
     fn arbitrary_steps_never_panic_and_what_passes_is_within_the_cache(
         (prompts, hits) in prompts(),
-        handles in prop::collection::vec(0u64..16, 0..16),
+        handles in prop::collection::vec((0u64..16).prop_map(RequestHandle), 0..16),
         computed in prop::collection::vec(any::<u32>(), 0..16),
         scheduled in prop::collection::vec(0u32..300, 0..16),
         sample in prop::collection::vec(any::<bool>(), 0..16),
@@ -340,23 +368,23 @@ proptest! {
         let (mut backend, _) = setup(&prompts, &hits);
         let details = blocks
             .into_iter()
-            .map(|(index, block_ids)| Detail {
+            .map(|(index, block_ids)| ScheduledDetail {
                 index,
                 kind: ScheduledKind::New,
                 block_ids,
                 token_ids: Vec::new(),
             })
             .collect();
-        let step = WireSchedulerOutput {
-            batch: Batch { handles, num_computed_tokens: computed, num_scheduled_tokens: scheduled, sample, details },
+        let step = SchedulerOutput {
+            batch: ScheduledBatch { handles, num_computed_tokens: computed, num_scheduled_tokens: scheduled, sample, details },
             total_num_scheduled_tokens: total,
-            ..WireSchedulerOutput::default()
+            ..SchedulerOutput::default()
         };
         backend.transport_mut().step = Some(step);
         match backend.schedule(1) {
             Ok(output) => {
-                for entry in &output.scheduled {
-                    let prompt = prompts[entry.handle as usize - 1];
+                for entry in output.batch.entries() {
+                    let prompt = prompts[entry.handle.0 as usize - 1];
                     prop_assert!(entry.num_computed_tokens + entry.num_scheduled_tokens <= prompt);
                     prop_assert!(entry.block_ids.iter().all(|&b| b > 0 && b < NUM_BLOCKS));
                 }
@@ -371,11 +399,11 @@ proptest! {
 fn outputs_must_be_the_tokens_the_model_sampled_for_the_step() {
     let (mut backend, step) = setup(&[4, 4], &[0, 0]);
     schedule(&mut backend, step).expect("valid");
-    backend.transport_mut().outputs = Some(WireEngineOutputs {
+    backend.transport_mut().outputs = Some(EngineOutputs {
         step: 1,
-        handles: vec![1, 2],
+        handles: vec![RequestHandle(1), RequestHandle(2)],
         token_ids: vec![5, 9],
-        ..WireEngineOutputs::default()
+        ..EngineOutputs::default()
     });
     let sampled = ModelOutput {
         sampled_token_ids: vec![Some(5), Some(6)],
@@ -390,28 +418,28 @@ fn outputs_must_be_the_tokens_the_model_sampled_for_the_step() {
 fn an_accepted_step_grows_the_known_tokens_by_the_sampled_ones() {
     let (mut backend, step) = setup(&[4, 4], &[0, 0]);
     schedule(&mut backend, step).expect("valid");
-    backend.transport_mut().outputs = Some(WireEngineOutputs {
+    backend.transport_mut().outputs = Some(EngineOutputs {
         step: 1,
-        handles: vec![1, 2],
+        handles: vec![RequestHandle(1), RequestHandle(2)],
         token_ids: vec![5, 6],
-        ..WireEngineOutputs::default()
+        ..EngineOutputs::default()
     });
     let sampled = ModelOutput {
         sampled_token_ids: vec![Some(5), Some(6)],
     };
     let _ = backend.update_from_output(&sampled, 2).expect("valid");
     // A decode step over the fifth token of each request is now within range.
-    let decode = WireSchedulerOutput {
+    let decode = SchedulerOutput {
         step: 2,
-        batch: Batch {
-            handles: vec![1, 2],
+        batch: ScheduledBatch {
+            handles: vec![RequestHandle(1), RequestHandle(2)],
             num_computed_tokens: vec![4, 4],
             num_scheduled_tokens: vec![1, 1],
             sample: vec![true, true],
             details: Vec::new(),
         },
         total_num_scheduled_tokens: 2,
-        ..WireSchedulerOutput::default()
+        ..SchedulerOutput::default()
     };
     assert_eq!(
         schedule(&mut backend, decode).expect("valid"),

@@ -49,9 +49,10 @@ fn prefill(
     }
     let output = backend.schedule(0)?;
     let sampled = output
-        .scheduled
+        .batch
+        .sample
         .iter()
-        .map(|e| e.sample.then_some(7))
+        .map(|&sample| sample.then_some(7))
         .collect();
     let _ = backend.update_from_output(
         &ModelOutput {
@@ -80,7 +81,7 @@ pub fn measure(
         let output = backend.schedule(now)?;
         let engine = backend.update_from_output(&sampled, now + 1)?;
         let elapsed = start.elapsed();
-        debug_assert_eq!(output.scheduled.len(), running as usize);
+        debug_assert_eq!(output.batch.len(), running as usize);
         drop((output, engine));
         if cycle >= warmup {
             samples.push(elapsed);

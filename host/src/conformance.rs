@@ -242,16 +242,17 @@ fn malformed_output(module: &PolicyModule) -> Result<(), String> {
             3,
         ),
         OutputError::LengthMismatch {
-            expected: step.scheduled.len(),
+            expected: step.batch.len(),
             got: 0,
         }
         .into(),
     )?;
     let good = ModelOutput {
         sampled_token_ids: step
-            .scheduled
+            .batch
+            .sample
             .iter()
-            .map(|e| e.sample.then_some(7))
+            .map(|&sample| sample.then_some(7))
             .collect(),
     };
     backend

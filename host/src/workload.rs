@@ -229,9 +229,9 @@ impl<'a> Driver<'a> {
                     ..request.clone()
                 };
                 match self.backend.add_request(request, now) {
-                    Ok(events) => {
-                        self.transcript.record("add", &events);
-                        self.transcript.journeys(&events);
+                    Ok(added) => {
+                        self.transcript.record("add", &added);
+                        self.transcript.journeys(&added.journey_events);
                     }
                     Err(BackendError::Request(error)) => {
                         self.transcript.record("add-error", &format!("{error:?}"))
@@ -265,10 +265,11 @@ impl<'a> Driver<'a> {
         self.transcript.record("schedule", &output);
         self.transcript.journeys(&output.journey_events);
         let sampled = output
-            .scheduled
+            .batch
+            .sample
             .iter()
-            .map(|entry| {
-                entry.sample.then(|| {
+            .map(|&sample| {
+                sample.then(|| {
                     if self.rng.chance(eos_percent) {
                         EOS
                     } else {

@@ -55,9 +55,10 @@ impl Tracing {
 fn sample(output: &waypoint_scheduler::SchedulerOutput) -> ModelOutput {
     ModelOutput {
         sampled_token_ids: output
-            .scheduled
+            .batch
+            .sample
             .iter()
-            .map(|e| e.sample.then_some(7))
+            .map(|&sample| sample.then_some(7))
             .collect(),
     }
 }
@@ -85,7 +86,7 @@ fn decode_scheduler(running: u32, tracing: Tracing) -> (Scheduler, ModelOutput) 
         let _ = scheduler.add_request(request, 0).expect("valid request");
     }
     let output = scheduler.schedule(0);
-    assert_eq!(output.scheduled.len(), running as usize);
+    assert_eq!(output.batch.len(), running as usize);
     let model_output = sample(&output);
     let _ = scheduler
         .update_from_output(&model_output, 0)

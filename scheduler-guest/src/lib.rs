@@ -12,18 +12,16 @@
 //! use waypoint_scheduler::{ModelOutput, NewRequest, Scheduler, SchedulerConfig};
 //!
 //! let mut scheduler = Scheduler::new(SchedulerConfig::default())?;
-//! scheduler.add_request(NewRequest { max_tokens: 2, ..NewRequest::new("req-1", vec![1, 2, 3]) }, 0)?;
+//! let added = scheduler.add_request(NewRequest { max_tokens: 2, ..NewRequest::new("req-1", vec![1, 2, 3]) }, 0)?;
 //! let mut now_ns = 0;
 //! while scheduler.num_unfinished() > 0 {
 //!     now_ns += 1_000_000;
 //!     let step = scheduler.schedule(now_ns);
 //!     // The model computes `num_scheduled_tokens` per request into the listed KV blocks and
 //!     // samples one token wherever `sample` is set.
-//!     let sampled = step.scheduled.iter().map(|entry| entry.sample.then_some(42)).collect();
+//!     let sampled = step.batch.sample.iter().map(|&sample| sample.then_some(42)).collect();
 //!     let outputs = scheduler.update_from_output(&ModelOutput { sampled_token_ids: sampled }, now_ns)?;
-//!     for output in &outputs.outputs {
-//!         assert_eq!(&*output.request_id, "req-1");
-//!     }
+//!     assert!(outputs.handles.iter().all(|&handle| handle == added.handle));
 //! }
 //! assert_eq!(scheduler.step(), 2);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -54,8 +52,9 @@ pub use journey::{
     JourneyEvent, JourneyEventType, JourneyValidator, JourneyViolation, Phase, ScheduleKind,
 };
 pub use output::{
-    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, RequestRef, ResetOutcome,
-    ScheduledKind, ScheduledRequest, SchedulerOutput, SchedulerStats,
+    Added, EngineOutputs, FinishOutcome, ModelOutput, OutputFinish, RequestHandle, RequestRef,
+    ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry, ScheduledKind, SchedulerOutput,
+    SchedulerStats,
 };
 pub use request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
 pub use scheduler::Scheduler;

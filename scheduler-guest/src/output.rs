@@ -10,13 +10,34 @@ use crate::kv::PrefixCacheStats;
 use crate::request::{FinishStatus, RequestId};
 use crate::step_trace::StepEvent;
 
+/// The name the scheduler gives a request when it accepts it. Every per-step record names
+/// requests by handle; a handle is never reused, so a stale one names nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestHandle(pub u64);
+
+impl core::fmt::Display for RequestHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What `add_request` reports: the request's handle and its QUEUED event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Added {
+    /// The handle later records name the request by.
+    pub handle: RequestHandle,
+    /// The QUEUED event, if the request is sampled.
+    pub journey_events: Vec<JourneyEvent>,
+}
+
 /// A request named by both its id and its handle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestRef {
     /// The request id.
     pub id: RequestId,
     /// The scheduler-assigned handle.
-    pub handle: u64,
+    pub handle: RequestHandle,
     /// The request's client index.
     pub client_index: u32,
 }
@@ -35,35 +56,154 @@ pub enum ScheduledKind {
     Running,
 }
 
-/// One request's work in a step.
+/// The full record of a batch entry that is new, resumed, or a running request given blocks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScheduledRequest {
-    /// The request.
-    pub request_id: RequestId,
-    /// Its handle.
-    pub handle: u64,
+pub struct ScheduledDetail {
+    /// The entry's position in the batch.
+    pub index: u32,
     /// New, resumed or running.
     pub kind: ScheduledKind,
-    /// Tokens with KV already in the cache before this step (prefix hit for new requests).
-    pub num_computed_tokens: u32,
-    /// Tokens to compute this step, from position `num_computed_tokens` on.
-    pub num_scheduled_tokens: u32,
     /// Block ids (all for new and resumed requests, only the added ones for running requests).
     pub block_ids: Vec<u32>,
     /// Token ids the caller may not know yet (see [`ScheduledKind`]).
     pub token_ids: Vec<u32>,
+}
+
+/// One step's work as parallel lists, one position per scheduled request in scheduling order
+/// (the shape of vLLM's `CachedRequestData`): a decode step is a few flat arrays, and a
+/// position carries a [`ScheduledDetail`] only when it has blocks or tokens to tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledBatch {
+    /// The requests.
+    pub handles: Vec<RequestHandle>,
+    /// Tokens with KV already in the cache before this step (prefix hit for new requests).
+    pub num_computed_tokens: Vec<u32>,
+    /// Tokens to compute this step, from position `num_computed_tokens` on.
+    pub num_scheduled_tokens: Vec<u32>,
     /// Whether the step completes the request's known tokens, so one token is sampled for it.
+    pub sample: Vec<bool>,
+    /// Details of the positions that have any, in position order; every other position is a
+    /// running request with no new blocks.
+    pub details: Vec<ScheduledDetail>,
+}
+
+/// One position of a [`ScheduledBatch`], its detail filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduledEntry<'a> {
+    /// The request.
+    pub handle: RequestHandle,
+    /// New, resumed or running.
+    pub kind: ScheduledKind,
+    /// Tokens computed before this step.
+    pub num_computed_tokens: u32,
+    /// Tokens to compute this step.
+    pub num_scheduled_tokens: u32,
+    /// Blocks given this step (see [`ScheduledDetail::block_ids`]).
+    pub block_ids: &'a [u32],
+    /// Tokens the caller may not know (see [`ScheduledDetail::token_ids`]).
+    pub token_ids: &'a [u32],
+    /// Whether one token is sampled.
     pub sample: bool,
 }
 
+impl ScheduledBatch {
+    /// An empty batch with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            handles: Vec::with_capacity(capacity),
+            num_computed_tokens: Vec::with_capacity(capacity),
+            num_scheduled_tokens: Vec::with_capacity(capacity),
+            sample: Vec::with_capacity(capacity),
+            details: Vec::new(),
+        }
+    }
+
+    /// Scheduled requests.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether nothing is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Whether every parallel list has one value per handle and the details are in order
+    /// within the batch; a batch from an untrusted scheduler is checked with this first.
+    pub fn is_well_formed(&self) -> bool {
+        let count = self.handles.len();
+        let lists = [
+            self.num_computed_tokens.len(),
+            self.num_scheduled_tokens.len(),
+            self.sample.len(),
+        ];
+        let mut next = 0;
+        lists.iter().all(|&len| len == count)
+            && self.details.iter().all(|detail| {
+                let index = detail.index as usize;
+                let in_order = index >= next && index < count;
+                next = index + 1;
+                in_order
+            })
+    }
+
+    /// Append an entry; it gets a detail unless it is a running request without new blocks.
+    pub fn push(&mut self, entry: ScheduledEntry<'_>) {
+        if entry.kind != ScheduledKind::Running || !entry.block_ids.is_empty() {
+            self.details.push(ScheduledDetail {
+                index: self.handles.len() as u32,
+                kind: entry.kind,
+                block_ids: entry.block_ids.to_vec(),
+                token_ids: entry.token_ids.to_vec(),
+            });
+        }
+        self.handles.push(entry.handle);
+        self.num_computed_tokens.push(entry.num_computed_tokens);
+        self.num_scheduled_tokens.push(entry.num_scheduled_tokens);
+        self.sample.push(entry.sample);
+    }
+
+    /// Remove the entry at `index`, shifting later ones (and their details) down.
+    pub fn remove(&mut self, index: usize) {
+        self.handles.remove(index);
+        self.num_computed_tokens.remove(index);
+        self.num_scheduled_tokens.remove(index);
+        self.sample.remove(index);
+        let index = index as u32;
+        self.details.retain(|detail| detail.index != index);
+        for detail in &mut self.details {
+            if detail.index > index {
+                detail.index -= 1;
+            }
+        }
+    }
+
+    /// The entries in order, details filled in. For a well-formed batch.
+    pub fn entries(&self) -> impl Iterator<Item = ScheduledEntry<'_>> + '_ {
+        let mut details = self.details.iter().peekable();
+        (0..self.handles.len()).map(move |index| {
+            let detail = details.next_if(|detail| detail.index as usize == index);
+            ScheduledEntry {
+                handle: self.handles[index],
+                kind: detail.map_or(ScheduledKind::Running, |detail| detail.kind),
+                num_computed_tokens: self.num_computed_tokens[index],
+                num_scheduled_tokens: self.num_scheduled_tokens[index],
+                block_ids: detail.map_or(&[], |detail| &detail.block_ids),
+                token_ids: detail.map_or(&[], |detail| &detail.token_ids),
+                sample: self.sample[index],
+            }
+        })
+    }
+}
+
 /// What `schedule` decided for one step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[must_use = "the step's work and events are only here"]
 pub struct SchedulerOutput {
     /// This step's number (the counter after its increment; the first step is 1).
     pub step: u64,
     /// Scheduled requests: running ones first, then admissions, in scheduling order.
-    pub scheduled: Vec<ScheduledRequest>,
+    pub batch: ScheduledBatch,
     /// Sum of `num_scheduled_tokens`.
     pub total_num_scheduled_tokens: u32,
     /// Requests preempted since the previous step's output (their blocks are gone).
@@ -76,41 +216,53 @@ pub struct SchedulerOutput {
     pub step_events: Vec<StepEvent>,
 }
 
-/// What the model produced for the step in flight: one entry per [`ScheduledRequest`], in the
-/// same order; `Some(token)` exactly where a token was sampled.
+/// What the model produced for the step in flight: one entry per batch position, in the same
+/// order; `Some(token)` exactly where a token was sampled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelOutput {
     /// The sampled token of each scheduled request.
     pub sampled_token_ids: Vec<Option<u32>>,
 }
 
-/// One request's new token, and its finish if the token ended it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestOutput {
-    /// The request.
-    pub request_id: RequestId,
-    /// Its handle.
-    pub handle: u64,
-    /// Its client index.
-    pub client_index: u32,
-    /// The token appended.
-    pub token_id: u32,
-    /// Set when the request finished with this token.
-    pub finish_status: Option<FinishStatus>,
+/// A request that finished with the token at position `index` of the step's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFinish {
+    /// Position in [`EngineOutputs::handles`].
+    pub index: u32,
+    /// Why it finished.
+    pub status: FinishStatus,
     /// The stop token id that finished it, if one did.
     pub stop_reason: Option<u32>,
 }
 
-/// What `update_from_output` reports.
+/// What `update_from_output` reports: new tokens as parallel lists, `token_ids[i]` appended to
+/// request `handles[i]`, in scheduling order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[must_use = "new tokens, finishes and events are only here"]
 pub struct EngineOutputs {
     /// The step these outputs belong to.
     pub step: u64,
-    /// Requests that gained a token, in scheduling order.
-    pub outputs: Vec<RequestOutput>,
+    /// Requests that gained a token.
+    pub handles: Vec<RequestHandle>,
+    /// The token each gained.
+    pub token_ids: Vec<u32>,
+    /// Positions whose token finished their request, in position order.
+    pub finishes: Vec<OutputFinish>,
     /// Journey events of this call, in emission order.
     pub journey_events: Vec<JourneyEvent>,
+}
+
+impl EngineOutputs {
+    /// Each new token with its request and, where the token ended it, the finish.
+    pub fn tokens(&self) -> impl Iterator<Item = (RequestHandle, u32, Option<&OutputFinish>)> + '_ {
+        let mut finishes = self.finishes.iter().peekable();
+        self.handles.iter().zip(&self.token_ids).enumerate().map(
+            move |(index, (&handle, &token))| {
+                let finish = finishes.next_if(|finish| finish.index as usize == index);
+                (handle, token, finish)
+            },
+        )
+    }
 }
 
 /// What `finish_requests` reports.

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::kv::hash::{extend_block_hashes, BlockHash};
-use crate::output::RequestRef;
+use crate::output::{RequestHandle, RequestRef};
 
 /// A request id, shared cheaply between the scheduler's tables and its outputs.
 pub type RequestId = Arc<str>;
@@ -125,7 +125,7 @@ pub struct Request {
     pub(crate) id: RequestId,
     /// Dense numeric name the scheduler gave the request at submission (1, 2, 3, ...): what the
     /// WIT contract uses in per-step records instead of the id string.
-    pub(crate) handle: u64,
+    pub(crate) handle: RequestHandle,
     pub(crate) client_index: u32,
     pub(crate) status: RequestStatus,
     pub(crate) priority: i32,
@@ -158,7 +158,7 @@ pub struct Request {
 impl Request {
     /// Build the record for a validated submission. `hash_block_size` is the block size when
     /// prefix caching is on (block hashes are then kept), `None` otherwise.
-    pub fn new(new: NewRequest, handle: u64, hash_block_size: Option<u32>) -> Self {
+    pub fn new(new: NewRequest, handle: RequestHandle, hash_block_size: Option<u32>) -> Self {
         let prompt_len = new.prompt_token_ids.len() as u32;
         let mut request = Self {
             id: Arc::from(new.id),
@@ -205,7 +205,7 @@ impl Request {
         &self.id
     }
     /// The scheduler-assigned handle.
-    pub fn handle(&self) -> u64 {
+    pub fn handle(&self) -> RequestHandle {
         self.handle
     }
     /// The request's id and handle.

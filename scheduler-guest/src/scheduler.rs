@@ -49,8 +49,8 @@ use crate::error::{ConfigError, OutputError, RequestError};
 use crate::journey::{JourneyEvent, JourneyEventType, JourneyRecorder, Phase, ScheduleKind};
 use crate::kv::{ComputedBlocks, KvCacheManager};
 use crate::output::{
-    EngineOutputs, FinishOutcome, ModelOutput, RequestOutput, RequestRef, ResetOutcome,
-    ScheduledKind, ScheduledRequest, SchedulerOutput, SchedulerStats,
+    Added, EngineOutputs, FinishOutcome, ModelOutput, OutputFinish, RequestHandle, RequestRef,
+    ResetOutcome, ScheduledBatch, ScheduledEntry, ScheduledKind, SchedulerOutput, SchedulerStats,
 };
 use crate::queue::{new_policy, SchedulingPolicy};
 use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
@@ -245,12 +245,9 @@ impl Scheduler {
             .then(|| journey.event(idx, request, event_type, now_ns, step))
     }
 
-    /// Submit a request. It joins the waiting queue; the QUEUED event (if sampled) is returned.
-    pub fn add_request(
-        &mut self,
-        new: NewRequest,
-        now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, RequestError> {
+    /// Submit a request. It joins the waiting queue; its handle and QUEUED event (if sampled)
+    /// are returned.
+    pub fn add_request(&mut self, new: NewRequest, now_ns: u64) -> Result<Added, RequestError> {
         let prompt_len = new.prompt_token_ids.len();
         if new.prompt_token_ids.is_empty() {
             return Err(RequestError::EmptyPrompt { id: new.id });
@@ -275,7 +272,8 @@ impl Scheduler {
         if self.requests.lookup(&new.id).is_some() {
             return Err(RequestError::DuplicateId { id: new.id });
         }
-        let request = Request::new(new, self.next_handle, self.kv.hash_block_size());
+        let handle = RequestHandle(self.next_handle);
+        let request = Request::new(new, handle, self.kv.hash_block_size());
         self.next_handle += 1;
         let idx = self.requests.insert(request);
         self.waiting.push_back(&self.requests[idx], idx);
@@ -286,7 +284,10 @@ impl Scheduler {
             }
         }
         events.extend(self.journey_event(idx, JourneyEventType::Queued, now_ns, self.step));
-        Ok(events)
+        Ok(Added {
+            handle,
+            journey_events: events,
+        })
     }
 
     fn cap_prefill(&self, num_new_tokens: u32, single_request: bool) -> u32 {
@@ -307,7 +308,7 @@ impl Scheduler {
             tracer.begin_step(step, &mut step_events);
         }
         let mut budget = self.config.max_num_batched_tokens;
-        let mut scheduled: Vec<ScheduledRequest> = Vec::with_capacity(self.running.len());
+        let mut batch = ScheduledBatch::with_capacity(self.running.len());
         let mut handles: Vec<ReqIdx> = Vec::with_capacity(self.running.len());
         let mut journey_events = Vec::new();
         let single_request = self.running.len() + self.waiting.len() == 1;
@@ -341,8 +342,8 @@ impl Scheduler {
                     .preemption_victim(&self.running, &self.requests);
                 let victim = self.running.remove(victim_position);
                 if let Some(undo) = handles.iter().position(|&h| h == victim) {
-                    budget += scheduled[undo].num_scheduled_tokens;
-                    scheduled.remove(undo);
+                    budget += batch.num_scheduled_tokens[undo];
+                    batch.remove(undo);
                     handles.remove(undo);
                 }
                 self.preempt(victim, step, now_ns, &mut journey_events);
@@ -360,14 +361,13 @@ impl Scheduler {
             let request = &mut self.requests[idx];
             request.scheduled_step = step;
             request.scheduled_tokens = num_new_tokens;
-            scheduled.push(ScheduledRequest {
-                request_id: request.id.clone(),
+            batch.push(ScheduledEntry {
                 handle: request.handle,
                 kind: ScheduledKind::Running,
                 num_computed_tokens: request.num_computed_tokens,
                 num_scheduled_tokens: num_new_tokens,
-                block_ids,
-                token_ids: Vec::new(),
+                block_ids: &block_ids,
+                token_ids: &[],
                 sample: request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
             });
             handles.push(idx);
@@ -381,7 +381,7 @@ impl Scheduler {
                 now_ns,
                 single_request,
                 &mut budget,
-                &mut scheduled,
+                &mut batch,
                 &mut handles,
                 &mut journey_events,
             );
@@ -390,7 +390,7 @@ impl Scheduler {
         let output = SchedulerOutput {
             step,
             total_num_scheduled_tokens: self.config.max_num_batched_tokens - budget,
-            scheduled,
+            batch,
             preempted: mem::take(&mut self.preempted_since_schedule),
             finished: mem::take(&mut self.finished_since_schedule),
             journey_events,
@@ -398,14 +398,21 @@ impl Scheduler {
         };
         let mut output = output;
         if self.step_tracer.is_some() {
-            self.trace_step(&mut output, now_ns);
+            self.trace_step(&mut output, &handles, now_ns);
         }
-        for (entry, &idx) in output.scheduled.iter().zip(&handles) {
+        let mut details = output.batch.details.iter().peekable();
+        for (index, (&num_scheduled, &idx)) in output
+            .batch
+            .num_scheduled_tokens
+            .iter()
+            .zip(&handles)
+            .enumerate()
+        {
             let request = &mut self.requests[idx];
-            request.num_computed_tokens += entry.num_scheduled_tokens;
-            if entry.kind == ScheduledKind::Running {
-                self.waiting
-                    .on_scheduled(request, entry.num_scheduled_tokens);
+            request.num_computed_tokens += num_scheduled;
+            let detail = details.next_if(|detail| detail.index as usize == index);
+            if detail.is_none_or(|detail| detail.kind == ScheduledKind::Running) {
+                self.waiting.on_scheduled(request, num_scheduled);
             }
             if let Some(journey) = &mut self.journey {
                 if request.journey_sampled {
@@ -415,11 +422,9 @@ impl Scheduler {
         }
         self.in_flight = Some(InFlight {
             step,
-            entries: output
-                .scheduled
-                .iter()
-                .zip(handles)
-                .map(|(entry, idx)| (idx, entry.sample))
+            entries: handles
+                .into_iter()
+                .zip(output.batch.sample.iter().copied())
                 .collect(),
         });
         output
@@ -432,7 +437,7 @@ impl Scheduler {
         now_ns: u64,
         single_request: bool,
         budget: &mut u32,
-        scheduled: &mut Vec<ScheduledRequest>,
+        batch: &mut ScheduledBatch,
         handles: &mut Vec<ReqIdx>,
         journey_events: &mut Vec<JourneyEvent>,
     ) {
@@ -472,8 +477,7 @@ impl Scheduler {
             request.num_cached_tokens.get_or_insert(hit.num_tokens);
             request.scheduled_step = step;
             request.scheduled_tokens = num_new_tokens;
-            scheduled.push(ScheduledRequest {
-                request_id: request.id.clone(),
+            batch.push(ScheduledEntry {
                 handle: request.handle,
                 kind: match kind {
                     ScheduleKind::First => ScheduledKind::New,
@@ -481,8 +485,8 @@ impl Scheduler {
                 },
                 num_computed_tokens: hit.num_tokens,
                 num_scheduled_tokens: num_new_tokens,
-                block_ids: request.block_ids.clone(),
-                token_ids: request.token_ids.clone(),
+                block_ids: &request.block_ids,
+                token_ids: &request.token_ids,
                 sample: hit.num_tokens + num_new_tokens >= request.num_tokens(),
             });
             handles.push(idx);
@@ -514,7 +518,7 @@ impl Scheduler {
         self.waiting.push_front(&self.requests[idx], idx);
     }
 
-    fn trace_step(&mut self, output: &mut SchedulerOutput, now_ns: u64) {
+    fn trace_step(&mut self, output: &mut SchedulerOutput, scheduled: &[ReqIdx], now_ns: u64) {
         let Some(tracer) = &self.step_tracer else {
             return;
         };
@@ -522,7 +526,7 @@ impl Scheduler {
         let summarise = tracer.sample_summary(step);
         let rich = summarise && tracer.sample_rich(step);
         if summarise {
-            let summary = self.batch_summary(output, now_ns);
+            let summary = self.batch_summary(output, scheduled, now_ns);
             output.step_events.push(StepEvent::BatchSummary(summary));
         }
         if rich {
@@ -540,19 +544,21 @@ impl Scheduler {
         }
     }
 
-    fn batch_summary(&self, output: &SchedulerOutput, now_ns: u64) -> BatchSummary {
+    fn batch_summary(
+        &self,
+        output: &SchedulerOutput,
+        scheduled: &[ReqIdx],
+        now_ns: u64,
+    ) -> BatchSummary {
         let (mut prefill_reqs, mut decode_reqs, mut prefill_tokens, mut decode_tokens) =
             (0, 0, 0, 0);
-        for entry in &output.scheduled {
-            let decoding = self
-                .request(&entry.request_id)
-                .is_some_and(|request| request.num_output_tokens() > 0);
-            if decoding {
+        for (&idx, &tokens) in scheduled.iter().zip(&output.batch.num_scheduled_tokens) {
+            if self.requests[idx].num_output_tokens() > 0 {
                 decode_reqs += 1;
-                decode_tokens += entry.num_scheduled_tokens;
+                decode_tokens += tokens;
             } else {
                 prefill_reqs += 1;
-                prefill_tokens += entry.num_scheduled_tokens;
+                prefill_tokens += tokens;
             }
         }
         let pool = self.kv.pool();
@@ -630,14 +636,15 @@ impl Scheduler {
             };
             request.append_output_token(token, hash_block_size);
             let finish = request.check_stop(max_model_len);
-            engine.outputs.push(RequestOutput {
-                request_id: request.id.clone(),
-                handle: request.handle,
-                client_index: request.client_index,
-                token_id: token,
-                finish_status: finish,
-                stop_reason: request.stop_reason,
-            });
+            if let Some(status) = finish {
+                engine.finishes.push(OutputFinish {
+                    index: engine.handles.len() as u32,
+                    status,
+                    stop_reason: request.stop_reason,
+                });
+            }
+            engine.handles.push(request.handle);
+            engine.token_ids.push(token);
             let first_token = request.num_output_tokens() == 1
                 && self
                     .journey

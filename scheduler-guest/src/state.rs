@@ -152,8 +152,8 @@ fn check(state: &StateV1, config: &SchedulerConfig) -> Result<Vec<u32>, StateErr
                 request.id
             )));
         }
-        if request.handle == 0
-            || request.handle >= state.next_handle
+        if request.handle.0 == 0
+            || request.handle.0 >= state.next_handle
             || handles.insert(request.handle, index).is_some()
         {
             return Err(inconsistent(format!(

@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 use core::ops::{Index, IndexMut};
 
 use crate::map::FxHashMap;
+use crate::output::RequestHandle;
 use crate::request::{Request, RequestId};
 
 /// A handle to a live request. A handle outlives its request only as a stale handle: the slot's
@@ -33,12 +34,14 @@ pub struct RequestTable {
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     by_id: FxHashMap<RequestId, ReqIdx>,
+    by_handle: FxHashMap<RequestHandle, ReqIdx>,
 }
 
 impl RequestTable {
     /// Add a request whose id is not in the table.
     pub(crate) fn insert(&mut self, request: Request) -> ReqIdx {
         let id = request.id.clone();
+        let handle = request.handle;
         let idx = match self.vacant.pop() {
             Some(slot) => {
                 let entry = &mut self.slots[slot as usize];
@@ -60,6 +63,7 @@ impl RequestTable {
             }
         };
         self.by_id.insert(id, idx);
+        self.by_handle.insert(handle, idx);
         idx
     }
 
@@ -73,6 +77,7 @@ impl RequestTable {
         entry.generation = entry.generation.wrapping_add(1);
         self.vacant.push(idx.slot);
         self.by_id.remove(&request.id);
+        self.by_handle.remove(&request.handle);
         Some(request)
     }
 
@@ -95,6 +100,11 @@ impl RequestTable {
     /// The handle of the live request with this id.
     pub fn lookup(&self, id: &str) -> Option<ReqIdx> {
         self.by_id.get(id).copied()
+    }
+
+    /// The live request a scheduler handle names.
+    pub fn by_handle(&self, handle: RequestHandle) -> Option<&Request> {
+        self.get(*self.by_handle.get(&handle)?)
     }
 
     /// Live requests.

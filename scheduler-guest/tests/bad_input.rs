@@ -165,9 +165,9 @@ fn malformed_model_output_is_rejected_and_the_step_stays_in_flight() {
     add_all(&mut s, requests(1, 60, 4));
     add_all(&mut s, vec![NewRequest::new("short", vec![5; 3])]);
     let output = s.schedule(1);
-    assert_eq!(output.scheduled.len(), 2);
+    assert_eq!(output.batch.len(), 2);
     assert!(
-        !output.scheduled[0].sample,
+        !output.batch.sample[0],
         "the 60-token prompt is capped at 32"
     );
     let wrong_length = ModelOutput {
@@ -191,7 +191,7 @@ fn malformed_model_output_is_rejected_and_the_step_stays_in_flight() {
     let engine = s
         .update_from_output(&good, 3)
         .expect("the step is still in flight");
-    assert_eq!(engine.outputs.len(), 1);
+    assert_eq!(engine.handles.len(), 1);
     assert_eq!(s.request("short").unwrap().output_token_ids(), [9]);
     assert_eq!(
         s.update_from_output(&good, 4).unwrap_err(),
@@ -202,22 +202,13 @@ fn malformed_model_output_is_rejected_and_the_step_stays_in_flight() {
 #[test]
 fn output_for_a_request_aborted_during_the_step_is_discarded() {
     let mut s = scheduler(harness_config());
-    add_all(&mut s, requests(2, 10, 4));
+    let names = add_all(&mut s, requests(2, 10, 4));
     let output = s.schedule(1);
     let _ = s.finish_requests(["0"], FinishStatus::Aborted, 2);
     s.add_request(NewRequest::new("new", vec![1; 4]), 3)
         .unwrap();
     let engine = s.update_from_output(&sample_all(&output, 5), 4).unwrap();
-    assert_eq!(
-        strings(
-            &engine
-                .outputs
-                .iter()
-                .map(|o| o.request_id.clone())
-                .collect::<Vec<_>>()
-        ),
-        ["1"]
-    );
+    assert_eq!(engine.handles, [names[1].0]);
     assert!(
         s.request("new").unwrap().output_token_ids().is_empty(),
         "the new request reused the slot"

@@ -44,7 +44,10 @@ fn a1_first_admission_is_scheduled_first_at_step_one() {
 #[test]
 fn a2_queued_carries_step_zero_and_scheduled_step_one() {
     let mut s = scheduler(traced());
-    let queued = s.add_request(requests(1, 10, 10).remove(0), 5).unwrap();
+    let queued = s
+        .add_request(requests(1, 10, 10).remove(0), 5)
+        .unwrap()
+        .journey_events;
     assert_eq!(queued.len(), 1);
     assert_eq!(
         (queued[0].event_type, queued[0].scheduler_step),
@@ -79,11 +82,14 @@ fn a4_one_schedule_emits_events_only_for_admitted_requests() {
     assert!((1..=49).contains(&scheduled.len()));
     assert_eq!(scheduled.len(), 16, "max_num_seqs caps admission");
     let admitted: Vec<_> = output
-        .scheduled
+        .batch
+        .handles
         .iter()
-        .map(|e| e.request_id.clone())
+        .map(|&handle| id_of(&s, handle))
         .collect();
-    assert!(scheduled.iter().all(|e| admitted.contains(&e.request_id)));
+    assert!(scheduled
+        .iter()
+        .all(|e| admitted.contains(&e.request_id.to_string())));
 }
 
 #[test]
@@ -120,6 +126,7 @@ fn a6_disabled_tracing_has_no_journey_state_and_no_events() {
     assert!(s
         .add_request(requests(1, 10, 10).remove(0), 0)
         .unwrap()
+        .journey_events
         .is_empty());
     let (output, engine) = step(&mut s, 3);
     assert!(output.journey_events.is_empty() && engine.journey_events.is_empty());
@@ -130,7 +137,10 @@ fn a6_disabled_tracing_has_no_journey_state_and_no_events() {
 #[test]
 fn a7_queued_is_labelled_waiting_with_no_preemptions() {
     let mut s = scheduler(traced());
-    let events = s.add_request(requests(1, 10, 10).remove(0), 9).unwrap();
+    let events = s
+        .add_request(requests(1, 10, 10).remove(0), 9)
+        .unwrap()
+        .journey_events;
     let event = &events[0];
     assert_eq!(&*event.request_id, "0");
     assert_eq!(
@@ -164,7 +174,7 @@ fn a9_prefill_high_water_never_decreases_across_chunks() {
         let output = s.schedule(now);
         let _ = s.update_from_output(
             &ModelOutput {
-                sampled_token_ids: vec![None; output.scheduled.len()],
+                sampled_token_ids: vec![None; output.batch.len()],
             },
             now,
         );
@@ -187,7 +197,7 @@ fn a10_a11_preemption_keeps_the_high_water_mark_and_reports_it() {
         let output = s.schedule(now);
         let _ = s.update_from_output(
             &ModelOutput {
-                sampled_token_ids: vec![None; output.scheduled.len()],
+                sampled_token_ids: vec![None; output.batch.len()],
             },
             now,
         );
@@ -230,7 +240,10 @@ fn a10_a11_preemption_keeps_the_high_water_mark_and_reports_it() {
 #[test]
 fn a13_event_timestamp_is_the_now_passed_in() {
     let mut s = scheduler(traced());
-    let queued = s.add_request(requests(1, 10, 1).remove(0), 1_234).unwrap();
+    let queued = s
+        .add_request(requests(1, 10, 1).remove(0), 1_234)
+        .unwrap()
+        .journey_events;
     assert_eq!(queued[0].ts_monotonic_ns, 1_234);
     let output = s.schedule(5_000);
     assert_eq!(output.journey_events[0].ts_monotonic_ns, 5_000);
@@ -251,7 +264,7 @@ fn c_only_sampled_requests_produce_events_and_state() {
             journey_sampled: sampled,
             ..NewRequest::new(i.to_string(), vec![1; 8])
         };
-        let events = s.add_request(request, 0).unwrap();
+        let events = s.add_request(request, 0).unwrap().journey_events;
         assert_eq!(events.len(), usize::from(sampled));
     }
     assert_eq!(s.journey_state_len(), 2);
@@ -271,7 +284,7 @@ fn c8_master_switch_off_ignores_the_sampled_flag() {
         journey_sampled: true,
         ..NewRequest::new("x", vec![1; 8])
     };
-    assert!(s.add_request(request, 0).unwrap().is_empty());
+    assert!(s.add_request(request, 0).unwrap().journey_events.is_empty());
     assert!(!s.has_journey_state());
 }
 
@@ -382,7 +395,7 @@ fn journey_state_is_empty_after_ten_thousand_requests_through_every_exit() {
                     eos_token_id: Some(EOS),
                     ..NewRequest::new(next.to_string(), vec![(next % 13) as u32; 20 + next % 50])
                 };
-                observe(&s.add_request(request, now).unwrap());
+                observe(&s.add_request(request, now).unwrap().journey_events);
                 next += 1;
             }
         }
@@ -429,7 +442,8 @@ fn journey_json_lines_use_the_reference_field_names_in_order() {
             },
             42,
         )
-        .unwrap();
+        .unwrap()
+        .journey_events;
     assert_eq!(
         queued[0].to_json_line(),
         concat!(
@@ -462,6 +476,7 @@ fn validator_rejects_broken_journeys() {
     let queued = s
         .add_request(NewRequest::new("a", vec![1; 4]), 0)
         .unwrap()
+        .journey_events
         .remove(0);
     let mut v = JourneyValidator::new();
     v.observe(&queued).unwrap();

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use waypoint_scheduler::kv::hash::{extend_block_hashes, hash_block_tokens, none_hash, ExtraKeys};
 use waypoint_scheduler::kv::{BlockPool, ComputedBlocks, FreeBlockQueue, KvCacheManager};
-use waypoint_scheduler::{NewRequest, Request, SchedulerConfig};
+use waypoint_scheduler::{NewRequest, Request, RequestHandle, SchedulerConfig};
 
 const BLOCK: u32 = 16;
 const PINNED: u128 = 256_148_686_511_616_795_643_025_942_106_978_341_787;
@@ -16,7 +16,11 @@ fn manager(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
 }
 
 fn request(id: &str, tokens: Vec<u32>, manager: &KvCacheManager) -> Request {
-    Request::new(NewRequest::new(id, tokens), 1, manager.hash_block_size())
+    Request::new(
+        NewRequest::new(id, tokens),
+        RequestHandle(1),
+        manager.hash_block_size(),
+    )
 }
 
 /// Prefix-cache lookup plus allocation for the whole prompt, as a first admission does.
@@ -208,7 +212,7 @@ fn p10_cache_salt_separates_otherwise_identical_prompts() {
                 cache_salt: Some(salt.into()),
                 ..NewRequest::new(id, prompt.clone())
             },
-            1,
+            RequestHandle(1),
             m.hash_block_size(),
         )
     };

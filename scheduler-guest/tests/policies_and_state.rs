@@ -35,7 +35,7 @@ fn fair_policy_admits_a_quiet_tenant_ahead_of_a_bursting_one() {
         let mut order = Vec::new();
         while order.len() < 6 {
             let (output, _) = step(&mut s, 1);
-            order.extend(ids_of_kind(&output, ScheduledKind::New));
+            order.extend(ids_of_kind(&s, &output, ScheduledKind::New));
         }
         order
     };
@@ -141,8 +141,8 @@ impl Run {
                     eos_token_id: Some(EOS),
                     ..NewRequest::new(format!("r{n}"), prompt)
                 };
-                let events = self.s.add_request(request, self.now).unwrap();
-                self.record(&events);
+                let added = self.s.add_request(request, self.now).unwrap();
+                self.record(&added.journey_events);
             }
             if self.next % 9 == 0 {
                 let victim = format!("r{}", self.next - 4);

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use common::EOS;
 use proptest::prelude::*;
 use waypoint_scheduler::{
     FinishStatus, JourneyConfig, JourneyEvent, JourneyValidator, ModelOutput, NewRequest,
-    PolicyKind, RequestStatus, Scheduler, SchedulerConfig,
+    PolicyKind, RequestHandle, RequestStatus, Scheduler, SchedulerConfig,
 };
 
 #[derive(Clone, Debug)]
@@ -155,6 +155,7 @@ struct Workload {
     s: Scheduler,
     finished: HashSet<String>,
     live: Vec<String>,
+    names: HashMap<RequestHandle, String>,
     next_id: usize,
     rng: u64,
     now: u64,
@@ -188,18 +189,16 @@ impl Workload {
         let output = self.s.schedule(self.now);
         let budget = self.s.config().max_num_batched_tokens;
         prop_assert!(output.total_num_scheduled_tokens <= budget);
-        let sum: u32 = output
-            .scheduled
-            .iter()
-            .map(|e| e.num_scheduled_tokens)
-            .sum();
+        prop_assert!(output.batch.is_well_formed());
+        let sum: u32 = output.batch.num_scheduled_tokens.iter().sum();
         prop_assert_eq!(sum, output.total_num_scheduled_tokens);
         check(&self.s, &self.finished)?;
         self.observe(&output.journey_events)?;
         let sampled = output
-            .scheduled
+            .batch
+            .sample
             .iter()
-            .map(|e| e.sample.then(|| self.token()))
+            .map(|&sample| sample.then(|| self.token()))
             .collect();
         self.now += 1;
         let engine = self
@@ -212,8 +211,9 @@ impl Workload {
             )
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         self.observe(&engine.journey_events)?;
-        for out in engine.outputs.iter().filter(|o| o.finish_status.is_some()) {
-            self.finished.insert(out.request_id.to_string());
+        for finish in &engine.finishes {
+            let handle = engine.handles[finish.index as usize];
+            self.finished.insert(self.names[&handle].clone());
         }
         check(&self.s, &self.finished)
     }
@@ -242,11 +242,12 @@ impl Workload {
                     journey_sampled: sampled,
                     ..NewRequest::new(id.clone(), prompt)
                 };
-                let events = self
+                let added = self
                     .s
                     .add_request(request, self.now)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                self.observe(&events)?;
+                self.observe(&added.journey_events)?;
+                self.names.insert(added.handle, id.clone());
                 self.live.push(id);
             }
             Op::Step => self.step()?,
@@ -293,6 +294,7 @@ proptest! {
             s: Scheduler::new(config).expect("valid generated config"),
             finished: HashSet::new(),
             live: Vec::new(),
+            names: HashMap::new(),
             next_id: 0,
             rng: seed,
             now: 0,

@@ -78,13 +78,10 @@ fn s4_one_step_schedules_every_small_request_as_new_in_arrival_order() {
         });
         add_all(&mut s, requests(10, 10, 16));
         let output = s.schedule(1);
-        assert_eq!(ids_of_kind(&output, ScheduledKind::New).len(), 10);
-        assert!(ids_of_kind(&output, ScheduledKind::Running).is_empty());
+        assert_eq!(ids_of_kind(&s, &output, ScheduledKind::New).len(), 10);
+        assert!(ids_of_kind(&s, &output, ScheduledKind::Running).is_empty());
         assert!(output.finished.is_empty());
-        assert!(output
-            .scheduled
-            .iter()
-            .all(|e| e.num_scheduled_tokens == 10));
+        assert!(output.batch.num_scheduled_tokens.iter().all(|&n| n == 10));
         assert_eq!(s.num_waiting(), 0);
         let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
         assert_eq!(strings(&s.running_ids()), expected);
@@ -101,36 +98,24 @@ fn s5_long_prefills_are_capped_by_threshold_and_share_the_budget() {
     });
     add_all(&mut s, requests(3, 800, 16));
     let first = s.schedule(1);
-    assert_eq!(ids_of_kind(&first, ScheduledKind::New).len(), 3);
-    let counts: Vec<u32> = first
-        .scheduled
-        .iter()
-        .map(|e| e.num_scheduled_tokens)
-        .collect();
+    assert_eq!(ids_of_kind(&s, &first, ScheduledKind::New).len(), 3);
+    let counts: Vec<u32> = first.batch.num_scheduled_tokens.clone();
     assert_eq!(counts, [400, 400, 224]);
     let _ = s.update_from_output(&sample_all(&first, 7), 2).unwrap();
 
     let second = s.schedule(3);
-    assert_eq!(ids_of_kind(&second, ScheduledKind::Running).len(), 3);
-    let counts: Vec<u32> = second
-        .scheduled
-        .iter()
-        .map(|e| e.num_scheduled_tokens)
-        .collect();
+    assert_eq!(ids_of_kind(&s, &second, ScheduledKind::Running).len(), 3);
+    let counts: Vec<u32> = second.batch.num_scheduled_tokens.clone();
     assert_eq!(counts, [400, 400, 224]);
     let engine = s.update_from_output(&sample_all(&second, 7), 4).unwrap();
     assert_eq!(
-        engine.outputs.len(),
+        engine.handles.len(),
         2,
         "requests 0 and 1 finished their prompts"
     );
 
     let third = s.schedule(5);
-    let counts: Vec<u32> = third
-        .scheduled
-        .iter()
-        .map(|e| e.num_scheduled_tokens)
-        .collect();
+    let counts: Vec<u32> = third.batch.num_scheduled_tokens.clone();
     assert_eq!(counts, [1, 1, 352]);
 }
 
@@ -146,7 +131,7 @@ impl Driver {
         let mut s = scheduler(config);
         add_all(&mut s, new);
         let pending = s.schedule(1);
-        assert!(pending.scheduled.iter().all(|e| e.sample));
+        assert!(pending.batch.sample.iter().all(|&sample| sample));
         Self { s, pending }
     }
 
@@ -154,12 +139,14 @@ impl Driver {
     fn feed(&mut self, tokens: &[(&str, u32)]) -> waypoint_scheduler::EngineOutputs {
         let sampled = self
             .pending
-            .scheduled
+            .batch
+            .handles
             .iter()
-            .map(|e| {
+            .map(|&handle| {
+                let scheduled = id_of(&self.s, handle);
                 tokens
                     .iter()
-                    .find(|(id, _)| *id == &*e.request_id)
+                    .find(|(id, _)| *id == scheduled)
                     .map(|&(_, t)| t)
             })
             .collect();
@@ -182,7 +169,7 @@ fn s8_eos_stops_a_request_and_others_keep_running() {
     // Upstream feeds [10, 11] to r1 in one step through a draft; we sample one token per step.
     let mut d = Driver::start(harness_config(), requests(2, 10, 16));
     let engine = d.feed(&[("0", EOS), ("1", 10)]);
-    assert_eq!(engine.outputs[0].finish_status, Some(FinishStatus::Stopped));
+    assert_eq!(finish_at(&engine, 0).0, Some(FinishStatus::Stopped));
     assert_eq!(refs(&d.pending.finished), ["0"]);
     assert_eq!(strings(&d.s.running_ids()), ["1"]);
     let _ = d.feed(&[("1", 11)]);
@@ -198,9 +185,10 @@ fn s9_stop_token_stops_with_its_stop_reason() {
     let mut d = Driver::start(harness_config(), new);
     let _ = d.feed(&[("0", 10), ("1", 13)]);
     let engine = d.feed(&[("0", 42), ("1", 14)]);
-    let stopped = &engine.outputs[0];
-    assert_eq!(stopped.finish_status, Some(FinishStatus::Stopped));
-    assert_eq!(stopped.stop_reason, Some(42));
+    assert_eq!(
+        finish_at(&engine, 0),
+        (Some(FinishStatus::Stopped), Some(42))
+    );
     assert!(d.s.request("0").is_none());
     assert_eq!(d.s.request("1").unwrap().output_token_ids(), [13, 14]);
 }
@@ -210,10 +198,7 @@ fn s10_max_tokens_caps_the_output_length() {
     let mut d = Driver::start(harness_config(), requests(2, 10, 2));
     let _ = d.feed(&[("0", 10), ("1", 13)]);
     let engine = d.feed(&[("0", 11)]);
-    assert_eq!(
-        engine.outputs[0].finish_status,
-        Some(FinishStatus::LengthCapped)
-    );
+    assert_eq!(finish_at(&engine, 0).0, Some(FinishStatus::LengthCapped));
     assert_eq!(d.s.request("1").unwrap().output_token_ids(), [13]);
     assert_eq!(d.s.request("1").unwrap().status(), RequestStatus::Running);
 }
@@ -225,7 +210,7 @@ fn s11_ignored_eos_does_not_stop() {
     let mut d = Driver::start(harness_config(), new);
     for token in [EOS, 10, 11] {
         let engine = d.feed(&[("0", token)]);
-        assert_eq!(engine.outputs[0].finish_status, None);
+        assert_eq!(finish_at(&engine, 0).0, None);
     }
     assert_eq!(d.s.request("0").unwrap().output_token_ids(), [EOS, 10, 11]);
 }
@@ -239,20 +224,20 @@ fn s12_min_tokens_holds_back_eos_and_stop_tokens() {
         new[0].stop_token_ids = vec![42];
         let mut d = Driver::start(harness_config(), new);
         for token in [10, 11, stop] {
-            assert_eq!(d.feed(&[("0", token)]).outputs[0].finish_status, None);
+            assert_eq!(finish_at(&d.feed(&[("0", token)]), 0).0, None);
         }
         for token in [12, 13, 14, 15, 16] {
             let _ = d.feed(&[("0", token)]);
         }
         let last = d.feed(&[("0", stop)]);
-        assert_eq!(last.outputs[0].finish_status, Some(FinishStatus::Stopped));
+        assert_eq!(finish_at(&last, 0).0, Some(FinishStatus::Stopped));
         let expected_reason = (stop == 42).then_some(42);
-        assert_eq!(last.outputs[0].stop_reason, expected_reason);
+        assert_eq!(finish_at(&last, 0).1, expected_reason);
     }
     let mut d = Driver::start(harness_config(), requests(1, 10, 100));
     let _ = d.feed(&[("0", 10)]);
     assert_eq!(
-        d.feed(&[("0", EOS)]).outputs[0].finish_status,
+        finish_at(&d.feed(&[("0", EOS)]), 0).0,
         Some(FinishStatus::Stopped)
     );
 }
@@ -277,11 +262,7 @@ fn s14_chunked_prefill_admits_a_partial_prompt_unchunked_admission_stops_at_a_lo
         });
         add_all(&mut s, make());
         let output = s.schedule(1);
-        let counts: Vec<u32> = output
-            .scheduled
-            .iter()
-            .map(|e| e.num_scheduled_tokens)
-            .collect();
+        let counts: Vec<u32> = output.batch.num_scheduled_tokens.clone();
         assert_eq!(counts, admitted, "chunked prefill {chunked}");
     }
 }
@@ -298,8 +279,8 @@ fn s15_last_running_request_is_preempted_and_a_late_token_is_still_appended() {
     });
     add_all(&mut s, requests(2, 80, 16));
     let (first, _) = step(&mut s, 42);
-    assert_eq!(tokens_of(&first, "0"), Some(80));
-    assert_eq!(tokens_of(&first, "1"), Some(20));
+    assert_eq!(tokens_of(&s, &first, "0"), Some(80));
+    assert_eq!(tokens_of(&s, &first, "1"), Some(20));
     let second = s.schedule(10);
     assert_eq!(refs(&second.preempted), ["1"]);
     assert_eq!(strings(&s.running_ids()), ["0"]);
@@ -310,7 +291,7 @@ fn s15_last_running_request_is_preempted_and_a_late_token_is_still_appended() {
     let reset = s.reset_prefix_cache(true, 11);
     assert_eq!(strings(&reset.preempted_ids), ["0"]);
     let engine = s.update_from_output(&sample_all(&second, 42), 12).unwrap();
-    assert_eq!(engine.outputs.len(), 1);
+    assert_eq!(engine.handles.len(), 1);
     assert_eq!(s.request("0").unwrap().output_token_ids(), [42, 42]);
     assert_eq!(s.request("0").unwrap().status(), RequestStatus::Preempted);
 }
@@ -366,8 +347,9 @@ fn s20_no_state_is_left_after_every_request_finishes() {
 fn s21_priority_orders_admission_by_priority_value() {
     let mut s = scheduler(priority_config(16, 8192));
     add_all(&mut s, priority_requests(&[2, 0, 1], Some(&[1, 2, 3]), 10));
+    let output = s.schedule(1);
     assert_eq!(
-        ids_of_kind(&s.schedule(1), ScheduledKind::New),
+        ids_of_kind(&s, &output, ScheduledKind::New),
         ["1", "2", "0"]
     );
 }
@@ -376,8 +358,9 @@ fn s21_priority_orders_admission_by_priority_value() {
 fn s22_equal_priority_falls_back_to_arrival() {
     let mut s = scheduler(priority_config(16, 8192));
     add_all(&mut s, priority_requests(&[1, 1, 1], Some(&[3, 1, 2]), 10));
+    let output = s.schedule(1);
     assert_eq!(
-        ids_of_kind(&s.schedule(1), ScheduledKind::New),
+        ids_of_kind(&s, &output, ScheduledKind::New),
         ["1", "2", "0"]
     );
 }
@@ -389,8 +372,9 @@ fn s23_priority_then_arrival_on_mixed_input() {
         &mut s,
         priority_requests(&[2, 1, 1, 0], Some(&[1, 3, 2, 4]), 10),
     );
+    let output = s.schedule(1);
     assert_eq!(
-        ids_of_kind(&s.schedule(1), ScheduledKind::New),
+        ids_of_kind(&s, &output, ScheduledKind::New),
         ["3", "2", "1", "0"]
     );
 }
@@ -416,14 +400,14 @@ fn s24_priority_preempts_the_low_priority_request_when_blocks_run_out() {
     assert_eq!(s.request("lo1").unwrap().num_tokens(), 33);
     s.add_request(named("hi1", 0, 1, 32), 0).unwrap();
     let (admit, _) = step(&mut s, 1);
-    assert_eq!(ids_of_kind(&admit, ScheduledKind::New), ["hi1"]);
+    assert_eq!(ids_of_kind(&s, &admit, ScheduledKind::New), ["hi1"]);
     assert_eq!(s.request("lo1").unwrap().block_ids().len(), 3);
     assert_eq!(s.kv().pool().num_free_blocks(), 0);
     let (out, _) = step(&mut s, 1);
     assert_eq!(refs(&out.preempted), ["lo1"]);
     assert_eq!(s.request("lo1").unwrap().status(), RequestStatus::Preempted);
     assert_eq!(strings(&s.running_ids()), ["hi1"]);
-    assert_eq!(ids_of_kind(&out, ScheduledKind::Running), ["hi1"]);
+    assert_eq!(ids_of_kind(&s, &out, ScheduledKind::Running), ["hi1"]);
 }
 
 #[test]
@@ -434,7 +418,7 @@ fn s25_priority_does_not_preempt_when_there_is_room() {
     let _ = step(&mut s, 1);
     s.add_request(named("c", 0, 2, 30), 0).unwrap();
     let (out, _) = step(&mut s, 1);
-    assert_eq!(ids_of_kind(&out, ScheduledKind::New), ["c"]);
+    assert_eq!(ids_of_kind(&s, &out, ScheduledKind::New), ["c"]);
     assert!(out.preempted.is_empty());
     assert_eq!((s.num_running(), s.num_waiting()), (3, 0));
 }
@@ -449,7 +433,7 @@ fn admitted_and_waiting(
     add_all(&mut s, priority_requests(priorities, arrivals, 10));
     let output = s.schedule(1);
     (
-        ids_of_kind(&output, ScheduledKind::New),
+        ids_of_kind(&s, &output, ScheduledKind::New),
         strings(&s.waiting_ids()),
     )
 }
@@ -496,7 +480,7 @@ fn s30_priority_queue_serves_in_sorted_order() {
     let mut served = Vec::new();
     while s.num_waiting() > 0 {
         let (output, _) = step(&mut s, 1);
-        let id = output.scheduled[0].request_id.clone();
+        let id = id_of(&s, output.batch.handles[0]);
         served.push(s.request(&id).unwrap().priority());
         let _ = s.finish_requests([&*id], FinishStatus::Stopped, 0);
     }
@@ -514,17 +498,17 @@ fn s31_preempted_request_resumes_with_its_generated_tokens() {
     let _ = step(&mut s, 100);
     s.add_request(named("high", 0, 1, 32), 0).unwrap();
     let (admit, _) = step(&mut s, 100);
-    assert_eq!(ids_of_kind(&admit, ScheduledKind::New), ["high"]);
-    assert_eq!(ids_of_kind(&admit, ScheduledKind::Running), ["low"]);
+    assert_eq!(ids_of_kind(&s, &admit, ScheduledKind::New), ["high"]);
+    assert_eq!(ids_of_kind(&s, &admit, ScheduledKind::Running), ["low"]);
     assert_eq!(s.kv().pool().num_free_blocks(), 0);
     let (out, _) = step(&mut s, 100);
     assert_eq!(refs(&out.preempted), ["low"]);
-    assert_eq!(ids_of_kind(&out, ScheduledKind::Running), ["high"]);
+    assert_eq!(ids_of_kind(&s, &out, ScheduledKind::Running), ["high"]);
     assert_eq!((s.num_waiting(), s.num_running()), (1, 1));
     let _ = s.finish_requests(["high"], FinishStatus::Aborted, 0);
     let resume = s.schedule(100);
-    assert_eq!(ids_of_kind(&resume, ScheduledKind::Resumed), ["low"]);
-    let low = &resume.scheduled[0];
+    assert_eq!(ids_of_kind(&s, &resume, ScheduledKind::Resumed), ["low"]);
+    let low = resume.batch.entries().next().unwrap();
     assert_eq!(low.token_ids.len(), 32);
     assert_eq!(low.token_ids[31], 100);
     assert_eq!(low.num_scheduled_tokens, 32);
@@ -565,13 +549,13 @@ fn s39_prefix_cache_stats_are_counted_once_per_admission() {
     s.add_request(NewRequest::new("late", prompt), 0).unwrap();
     let (blocked, _) = step(&mut s, 7);
     assert!(
-        ids_of_kind(&blocked, ScheduledKind::New).is_empty(),
+        ids_of_kind(&s, &blocked, ScheduledKind::New).is_empty(),
         "2 hit + 1 new block do not fit in 2 free"
     );
     let _ = s.finish_requests(["occupier"], FinishStatus::Aborted, 0);
     let (admitted, _) = step(&mut s, 7);
-    assert_eq!(ids_of_kind(&admitted, ScheduledKind::New), ["late"]);
-    assert_eq!(admitted.scheduled[0].num_computed_tokens, 32);
+    assert_eq!(ids_of_kind(&s, &admitted, ScheduledKind::New), ["late"]);
+    assert_eq!(admitted.batch.num_computed_tokens[0], 32);
     let after = s.stats().prefix_cache;
     assert_eq!(after.requests - before.requests, 1);
     assert_eq!(after.queries - before.queries, 48);
@@ -592,9 +576,9 @@ fn full_prefix_hit_recomputes_the_last_block_when_the_prompt_fills_whole_blocks(
         s.add_request(NewRequest::new("hit", prompt), 0).unwrap();
         let (output, _) = step(&mut s, 1);
         let entry = output
-            .scheduled
-            .iter()
-            .find(|e| &*e.request_id == "hit")
+            .batch
+            .entries()
+            .find(|e| id_of(&s, e.handle) == "hit")
             .unwrap();
         assert_eq!(
             (entry.num_computed_tokens, entry.num_scheduled_tokens),

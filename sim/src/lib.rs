@@ -14,7 +14,10 @@ use std::io::{self, Write};
 
 use rustc_hash::FxHashMap;
 use thiserror::Error;
-use waypoint_scheduler::{JourneyEvent, JourneyEventType, ModelOutput, NewRequest, ScheduledKind};
+use waypoint_scheduler::{
+    JourneyEvent, JourneyEventType, ModelOutput, NewRequest, RequestHandle, RequestId,
+    ScheduledKind,
+};
 
 use arrivals::{sampled_token, Arrival, ArrivalQueue, ArrivalTime, WorkloadError, EOS};
 use latency::{BatchShape, LatencyModel};
@@ -88,7 +91,9 @@ struct Run<'o, 'w> {
     backend: &'o mut dyn SchedulerBackend,
     settings: Settings,
     outputs: &'o mut Outputs<'w>,
-    live: FxHashMap<waypoint_scheduler::RequestId, Live>,
+    live: FxHashMap<RequestHandle, Live>,
+    /// Live requests' handles by id, for journey events.
+    handles: FxHashMap<RequestId, RequestHandle>,
     metrics: Metrics,
     now: u64,
     iteration: u64,
@@ -104,7 +109,10 @@ impl Run<'_, '_> {
                 log.write_all(event.to_json_line().as_bytes())?;
                 log.write_all(b"\n")?;
             }
-            let Some(live) = self.live.get_mut(&event.request_id) else {
+            let Some(&handle) = self.handles.get(&event.request_id) else {
+                continue;
+            };
+            let Some(live) = self.live.get_mut(&handle) else {
                 continue;
             };
             if let Some(trace) = self.outputs.chrome_trace.as_mut() {
@@ -139,7 +147,8 @@ impl Run<'_, '_> {
                         self.metrics.good += 1;
                     }
                     self.finished += 1;
-                    self.live.remove(&event.request_id);
+                    self.live.remove(&handle);
+                    self.handles.remove(&event.request_id);
                 }
                 _ => {}
             }
@@ -160,9 +169,11 @@ impl Run<'_, '_> {
             journey_sampled: true,
             ..NewRequest::new(arrival.id.clone(), arrival.prompt.token_ids(index))
         };
-        let events = self.backend.add_request(request, at_ns)?;
+        let added = self.backend.add_request(request, at_ns)?;
+        self.handles
+            .insert(arrival.id.as_str().into(), added.handle);
         self.live.insert(
-            arrival.id.as_str().into(),
+            added.handle,
             Live {
                 output_len: arrival.output_len,
                 produced: 0,
@@ -173,15 +184,15 @@ impl Run<'_, '_> {
                 tid: index + 1,
             },
         );
-        self.journeys(&events)
+        self.journeys(&added.journey_events)
     }
 
     fn step(&mut self) -> Result<(), SimError> {
         let output = self.backend.schedule(self.now)?;
         self.journeys(&output.journey_events)?;
         let mut batch = BatchShape::default();
-        for entry in &output.scheduled {
-            let produced = self.live.get(&entry.request_id).map_or(0, |l| l.produced);
+        for entry in output.batch.entries() {
+            let produced = self.live.get(&entry.handle).map_or(0, |l| l.produced);
             let decoding = entry.kind == ScheduledKind::Running
                 && entry.num_scheduled_tokens == 1
                 && produced > 0;
@@ -195,11 +206,13 @@ impl Run<'_, '_> {
         }
         self.now += self.settings.latency.step_ns(batch);
         let sampled = output
-            .scheduled
+            .batch
+            .handles
             .iter()
-            .map(|entry| {
-                entry.sample.then(|| {
-                    let live = self.live.get(&entry.request_id);
+            .zip(&output.batch.sample)
+            .map(|(handle, &sample)| {
+                sample.then(|| {
+                    let live = self.live.get(handle);
                     live.map_or(EOS, |live| sampled_token(live.produced, live.output_len))
                 })
             })
@@ -210,8 +223,8 @@ impl Run<'_, '_> {
             },
             self.now,
         )?;
-        for out in &engine.outputs {
-            let Some(live) = self.live.get_mut(&out.request_id) else {
+        for handle in &engine.handles {
+            let Some(live) = self.live.get_mut(handle) else {
                 continue;
             };
             if live.produced > 0 {
@@ -271,6 +284,7 @@ pub fn simulate(
         settings,
         outputs,
         live: FxHashMap::default(),
+        handles: FxHashMap::default(),
         metrics: Metrics::default(),
         now: 0,
         iteration: 0,

@@ -1,16 +1,19 @@
 //! Field-for-field conversions between the WIT records and the scheduler crate's types, so the
 //! rest of the host sees one set of types whatever backend runs.
 
-use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
+use waypoint_scheduler::output::{
+    EngineOutputs, FinishOutcome, OutputFinish, RequestRef, ResetOutcome, ScheduledBatch,
+    ScheduledDetail, SchedulerOutput,
+};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
     ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
-    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
-    StateError,
+    RequestError, RequestHandle, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
+    SchedulerStats, StateError,
 };
 
 use super::wit;
-use waypoint_engine::wire::{self, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
+use waypoint_engine::wire::LiveRequest;
 
 pub(super) fn config(config: &SchedulerConfig) -> wit::SchedulerConfig {
     let tracing = config.step_tracing;
@@ -55,7 +58,7 @@ pub(super) fn new_request(request: &NewRequest) -> wit::NewRequest {
 
 pub(super) fn live_request(request: wit::LiveRequest) -> LiveRequest {
     LiveRequest {
-        handle: request.handle,
+        handle: RequestHandle(request.handle),
         id: id(request.request_id),
         client_index: request.client_index,
         num_tokens: request.num_tokens,
@@ -183,20 +186,35 @@ fn scheduled_kind(kind: wit::ScheduledKind) -> ScheduledKind {
     }
 }
 
-/// The batch's parallel lists as the shared wire records (moves, no copies).
-pub(super) fn scheduler_output(output: wit::SchedulerOutput) -> WireSchedulerOutput {
+fn handles(handles: Vec<u64>) -> Vec<RequestHandle> {
+    handles.into_iter().map(RequestHandle).collect()
+}
+
+fn references(references: Vec<wit::RequestRef>) -> Vec<RequestRef> {
+    references
+        .into_iter()
+        .map(|reference| RequestRef {
+            id: id(reference.id),
+            handle: RequestHandle(reference.handle),
+            client_index: reference.client_index,
+        })
+        .collect()
+}
+
+/// The step as the scheduler crate's flat batch (moves, no copies of the lists).
+pub(super) fn scheduler_output(output: wit::SchedulerOutput) -> SchedulerOutput {
     let batch = output.batch;
-    WireSchedulerOutput {
+    SchedulerOutput {
         step: output.step,
-        batch: wire::Batch {
-            handles: batch.handles,
+        batch: ScheduledBatch {
+            handles: handles(batch.handles),
             num_computed_tokens: batch.num_computed_tokens,
             num_scheduled_tokens: batch.num_scheduled_tokens,
             sample: batch.sample,
             details: batch
                 .details
                 .into_iter()
-                .map(|detail| wire::Detail {
+                .map(|detail| ScheduledDetail {
                     index: detail.index,
                     kind: scheduled_kind(detail.kind),
                     block_ids: detail.block_ids,
@@ -205,23 +223,23 @@ pub(super) fn scheduler_output(output: wit::SchedulerOutput) -> WireSchedulerOut
                 .collect(),
         },
         total_num_scheduled_tokens: output.total_num_scheduled_tokens,
-        preempted: output.preempted,
-        finished: output.finished,
+        preempted: references(output.preempted),
+        finished: references(output.finished),
         journey_events: journey_events(output.journey_events),
         step_events: output.step_events.into_iter().map(step_event).collect(),
     }
 }
 
-/// The step's outputs as the shared wire records.
-pub(super) fn engine_outputs(outputs: wit::EngineOutputs) -> WireEngineOutputs {
-    WireEngineOutputs {
+/// The step's new tokens as the scheduler crate's parallel lists.
+pub(super) fn engine_outputs(outputs: wit::EngineOutputs) -> EngineOutputs {
+    EngineOutputs {
         step: outputs.step,
-        handles: outputs.handles,
+        handles: handles(outputs.handles),
         token_ids: outputs.token_ids,
         finishes: outputs
             .finishes
             .into_iter()
-            .map(|finish| wire::Finish {
+            .map(|finish| OutputFinish {
                 index: finish.index,
                 status: finish_status(finish.status),
                 stop_reason: finish.stop_reason,

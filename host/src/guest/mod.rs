@@ -19,9 +19,13 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use waypoint_engine::component::{ComponentBackend, Transport};
-use waypoint_engine::wire::{Added, LiveRequest, WireEngineOutputs, WireSchedulerOutput};
-use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
-use waypoint_scheduler::{FinishStatus, NewRequest, SchedulerConfig, SchedulerStats, StepEvent};
+use waypoint_engine::wire::LiveRequest;
+use waypoint_scheduler::output::{
+    Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
+};
+use waypoint_scheduler::{
+    FinishStatus, NewRequest, RequestHandle, SchedulerConfig, SchedulerStats, StepEvent,
+};
 
 use crate::backend::{BackendError, GuestFault, PolicyDescription};
 
@@ -346,12 +350,12 @@ impl Transport for WasmtimeTransport {
             self.with(|guest, store, s| guest.call_add_request(store, s, &request, now_ns))?;
         let added = added.map_err(convert::request_error)?;
         Ok(Added {
-            handle: added.handle,
+            handle: RequestHandle(added.handle),
             journey_events: convert::journey_events(added.journey_events),
         })
     }
 
-    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError> {
+    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         let output = self.with(|guest, store, s| guest.call_schedule(store, s, now_ns))?;
         Ok(convert::scheduler_output(output))
     }
@@ -361,7 +365,7 @@ impl Transport for WasmtimeTransport {
         token_ids: &[u32],
         missing: &[u32],
         now_ns: u64,
-    ) -> Result<WireEngineOutputs, BackendError> {
+    ) -> Result<EngineOutputs, BackendError> {
         let output = wit::ModelOutput {
             token_ids: token_ids.to_vec(),
             missing: missing.to_vec(),

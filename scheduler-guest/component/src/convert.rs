@@ -3,7 +3,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use waypoint_scheduler::output::{EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput};
+use waypoint_scheduler::output::{
+    EngineOutputs, FinishOutcome, RequestHandle, RequestRef, ResetOutcome, SchedulerOutput,
+};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot, StepEvent};
 use waypoint_scheduler::{
     ConfigError, FinishStatus, JourneyConfig, JourneyEvent, JourneyEventType, ModelOutput,
@@ -197,65 +199,67 @@ pub(crate) fn step_event(event: StepEvent) -> wit::StepEvent {
     }
 }
 
+fn handles(handles: Vec<RequestHandle>) -> Vec<u64> {
+    handles.into_iter().map(|handle| handle.0).collect()
+}
+
+fn references(references: Vec<RequestRef>) -> Vec<wit::RequestRef> {
+    references
+        .into_iter()
+        .map(|reference| wit::RequestRef {
+            id: id(reference.id),
+            handle: reference.handle.0,
+            client_index: reference.client_index,
+        })
+        .collect()
+}
+
 pub(crate) fn scheduler_output(output: SchedulerOutput) -> wit::SchedulerOutput {
-    let count = output.scheduled.len();
-    let mut batch = wit::ScheduledBatch {
-        handles: Vec::with_capacity(count),
-        num_computed_tokens: Vec::with_capacity(count),
-        num_scheduled_tokens: Vec::with_capacity(count),
-        sample: Vec::with_capacity(count),
-        details: Vec::new(),
-    };
-    for (index, entry) in output.scheduled.into_iter().enumerate() {
-        batch.handles.push(entry.handle);
-        batch.num_computed_tokens.push(entry.num_computed_tokens);
-        batch.num_scheduled_tokens.push(entry.num_scheduled_tokens);
-        batch.sample.push(entry.sample);
-        if entry.kind != ScheduledKind::Running || !entry.block_ids.is_empty() {
-            batch.details.push(wit::ScheduledDetail {
-                index: index as u32,
-                kind: match entry.kind {
-                    ScheduledKind::New => wit::ScheduledKind::New,
-                    ScheduledKind::Resumed => wit::ScheduledKind::Resumed,
-                    ScheduledKind::Running => wit::ScheduledKind::Running,
-                },
-                block_ids: entry.block_ids,
-                token_ids: entry.token_ids,
-            });
-        }
-    }
+    let batch = output.batch;
     wit::SchedulerOutput {
         step: output.step,
-        batch,
+        batch: wit::ScheduledBatch {
+            handles: handles(batch.handles),
+            num_computed_tokens: batch.num_computed_tokens,
+            num_scheduled_tokens: batch.num_scheduled_tokens,
+            sample: batch.sample,
+            details: batch
+                .details
+                .into_iter()
+                .map(|detail| wit::ScheduledDetail {
+                    index: detail.index,
+                    kind: match detail.kind {
+                        ScheduledKind::New => wit::ScheduledKind::New,
+                        ScheduledKind::Resumed => wit::ScheduledKind::Resumed,
+                        ScheduledKind::Running => wit::ScheduledKind::Running,
+                    },
+                    block_ids: detail.block_ids,
+                    token_ids: detail.token_ids,
+                })
+                .collect(),
+        },
         total_num_scheduled_tokens: output.total_num_scheduled_tokens,
-        preempted: output.preempted.iter().map(|r| r.handle).collect(),
-        finished: output.finished.iter().map(|r| r.handle).collect(),
+        preempted: references(output.preempted),
+        finished: references(output.finished),
         journey_events: journey_events(output.journey_events),
         step_events: output.step_events.into_iter().map(step_event).collect(),
     }
 }
 
 pub(crate) fn engine_outputs(outputs: EngineOutputs) -> wit::EngineOutputs {
-    let count = outputs.outputs.len();
-    let mut handles = Vec::with_capacity(count);
-    let mut token_ids = Vec::with_capacity(count);
-    let mut finishes = Vec::new();
-    for (index, output) in outputs.outputs.into_iter().enumerate() {
-        handles.push(output.handle);
-        token_ids.push(output.token_id);
-        if let Some(status) = output.finish_status {
-            finishes.push(wit::OutputFinish {
-                index: index as u32,
-                status: finish_status(status),
-                stop_reason: output.stop_reason,
-            });
-        }
-    }
     wit::EngineOutputs {
         step: outputs.step,
-        handles,
-        token_ids,
-        finishes,
+        handles: handles(outputs.handles),
+        token_ids: outputs.token_ids,
+        finishes: outputs
+            .finishes
+            .into_iter()
+            .map(|finish| wit::OutputFinish {
+                index: finish.index,
+                status: finish_status(finish.status),
+                stop_reason: finish.stop_reason,
+            })
+            .collect(),
         journey_events: journey_events(outputs.journey_events),
     }
 }

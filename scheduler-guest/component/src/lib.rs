@@ -100,18 +100,14 @@ impl GuestScheduler for Component {
         request: wit::NewRequest,
         now_ns: u64,
     ) -> Result<wit::Added, wit::RequestError> {
-        let mut scheduler = self.0.borrow_mut();
-        let id = request.id.clone();
-        let events = scheduler
+        let added = self
+            .0
+            .borrow_mut()
             .add_request(convert::new_request(request), now_ns)
             .map_err(convert::request_error)?;
-        let handle = scheduler
-            .request(&id)
-            .map(|request| request.handle())
-            .expect("an accepted request is live");
         Ok(wit::Added {
-            handle,
-            journey_events: convert::journey_events(events),
+            handle: added.handle.0,
+            journey_events: convert::journey_events(added.journey_events),
         })
     }
 
@@ -170,7 +166,7 @@ impl GuestScheduler for Component {
     fn live_requests(&self, _now_ns: u64) -> Vec<wit::LiveRequest> {
         let scheduler = self.0.borrow();
         let live = scheduler.requests().iter().map(|request| wit::LiveRequest {
-            handle: request.handle(),
+            handle: request.handle().0,
             request_id: String::from(&**request.id()),
             client_index: request.client_index(),
             num_tokens: request.num_tokens(),
@@ -181,7 +177,7 @@ impl GuestScheduler for Component {
             .pending_finished()
             .iter()
             .map(|reference| wit::LiveRequest {
-                handle: reference.handle,
+                handle: reference.handle.0,
                 request_id: String::from(&*reference.id),
                 client_index: reference.client_index,
                 num_tokens: 0,

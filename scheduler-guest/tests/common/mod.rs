@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use waypoint_scheduler::{
-    EngineOutputs, ModelOutput, NewRequest, Scheduler, SchedulerConfig, SchedulerOutput,
+    EngineOutputs, FinishStatus, ModelOutput, NewRequest, RequestHandle, Scheduler,
+    SchedulerConfig, SchedulerOutput,
 };
 
 /// vLLM's `EOS_TOKEN_ID` in the scheduler tests.
@@ -38,19 +39,29 @@ pub fn requests(n: usize, num_tokens: usize, max_tokens: u32) -> Vec<NewRequest>
         .collect()
 }
 
-pub fn add_all(scheduler: &mut Scheduler, requests: Vec<NewRequest>) {
-    for request in requests {
-        scheduler.add_request(request, 0).expect("valid request");
-    }
+/// Submit every request; their handles and ids, in order.
+pub fn add_all(
+    scheduler: &mut Scheduler,
+    requests: Vec<NewRequest>,
+) -> Vec<(RequestHandle, String)> {
+    requests
+        .into_iter()
+        .map(|request| {
+            let id = request.id.clone();
+            let added = scheduler.add_request(request, 0).expect("valid request");
+            (added.handle, id)
+        })
+        .collect()
 }
 
 /// Feed `token` to every request the step samples for.
 pub fn sample_all(output: &SchedulerOutput, token: u32) -> ModelOutput {
     ModelOutput {
         sampled_token_ids: output
-            .scheduled
+            .batch
+            .sample
             .iter()
-            .map(|entry| entry.sample.then_some(token))
+            .map(|&sample| sample.then_some(token))
             .collect(),
     }
 }
@@ -65,25 +76,60 @@ pub fn step(scheduler: &mut Scheduler, token: u32) -> (SchedulerOutput, EngineOu
     (output, engine)
 }
 
+/// The id of a live request.
+pub fn id_of(scheduler: &Scheduler, handle: RequestHandle) -> String {
+    scheduler
+        .requests()
+        .by_handle(handle)
+        .map(|request| request.id().to_string())
+        .expect("a live request's handle")
+}
+
 /// Ids of scheduled entries of one kind.
 pub fn ids_of_kind(
+    scheduler: &Scheduler,
     output: &SchedulerOutput,
     kind: waypoint_scheduler::ScheduledKind,
 ) -> Vec<String> {
     output
-        .scheduled
-        .iter()
+        .batch
+        .entries()
         .filter(|entry| entry.kind == kind)
-        .map(|entry| entry.request_id.to_string())
+        .map(|entry| id_of(scheduler, entry.handle))
         .collect()
 }
 
-pub fn tokens_of(output: &SchedulerOutput, id: &str) -> Option<u32> {
+pub fn tokens_of(scheduler: &Scheduler, output: &SchedulerOutput, id: &str) -> Option<u32> {
     output
-        .scheduled
-        .iter()
-        .find(|entry| &*entry.request_id == id)
+        .batch
+        .entries()
+        .find(|entry| id_of(scheduler, entry.handle) == id)
         .map(|entry| entry.num_scheduled_tokens)
+}
+
+/// The finish status and stop reason of the `index`th new token's request, if it finished.
+pub fn finish_at(engine: &EngineOutputs, index: usize) -> (Option<FinishStatus>, Option<u32>) {
+    engine
+        .tokens()
+        .nth(index)
+        .and_then(|(_, _, finish)| finish)
+        .map_or((None, None), |finish| {
+            (Some(finish.status), finish.stop_reason)
+        })
+}
+
+/// The request of the `index`th new token, by id (it may have finished since).
+pub fn output_id(
+    names: &[(RequestHandle, String)],
+    engine: &EngineOutputs,
+    index: usize,
+) -> String {
+    let handle = engine.handles[index];
+    names
+        .iter()
+        .find(|(named, _)| *named == handle)
+        .map(|(_, id)| id.clone())
+        .expect("a handle the test named")
 }
 
 pub fn strings(ids: &[waypoint_scheduler::RequestId]) -> Vec<String> {

@@ -109,7 +109,11 @@ impl Lying {
     fn corrupt(&self, output: &mut wit::SchedulerOutput) {
         let batch = &mut output.batch;
         match RULE {
-            "unknown-preempted" => output.preempted.push(GHOST_HANDLE),
+            "unknown-preempted" => output.preempted.push(wit::RequestRef {
+                id: GHOST_ID.into(),
+                handle: GHOST_HANDLE,
+                client_index: 0,
+            }),
             "unknown-event-id" => output.journey_events.push(ghost_event(output.step)),
             // The other lies are about the batch's entries.
             _ if batch.handles.is_empty() => {}

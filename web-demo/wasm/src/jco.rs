@@ -8,16 +8,17 @@ use wasm_bindgen::{JsCast, JsValue};
 use waypoint_engine::backend::{BackendError, GuestFault, PolicyDescription};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_engine::fault::{Call, ContractViolation};
-use waypoint_engine::wire::{
-    Added, Batch, Detail, Finish, LiveRequest, WireEngineOutputs, WireSchedulerOutput,
-};
+use waypoint_engine::wire::LiveRequest;
 use waypoint_scheduler::kv::PrefixCacheStats;
-use waypoint_scheduler::output::{FinishOutcome, ResetOutcome};
+use waypoint_scheduler::output::{
+    Added, EngineOutputs, FinishOutcome, OutputFinish, RequestRef, ResetOutcome, ScheduledBatch,
+    ScheduledDetail, SchedulerOutput,
+};
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot};
 use waypoint_scheduler::{
     ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
-    RequestError, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig, SchedulerStats,
-    StateError, StepEvent,
+    RequestError, RequestHandle, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
+    SchedulerStats, StateError, StepEvent,
 };
 
 /// A scheduler in a transpiled policy component.
@@ -96,12 +97,12 @@ impl Transport for JcoTransport {
         .map(Record)
         .map_err(|thrown| contract_error(thrown, request_error))?;
         Ok(Added {
-            handle: added.u64("handle")?,
+            handle: RequestHandle(added.u64("handle")?),
             journey_events: added.list("journeyEvents", journey_event)?,
         })
     }
 
-    fn schedule(&mut self, now_ns: u64) -> Result<WireSchedulerOutput, BackendError> {
+    fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         let output = self.infallible("schedule", &[now_ns.into()])?;
         Ok(scheduler_output(&output)?)
     }
@@ -111,7 +112,7 @@ impl Transport for JcoTransport {
         token_ids: &[u32],
         missing: &[u32],
         now_ns: u64,
-    ) -> Result<WireEngineOutputs, BackendError> {
+    ) -> Result<EngineOutputs, BackendError> {
         let output = object(&[("tokenIds", u32s(token_ids)), ("missing", u32s(missing))]);
         let outputs = call(&self.instance, "updateFromOutput", &[output, now_ns.into()])
             .map(Record)
@@ -579,8 +580,8 @@ fn scheduled_kind(name: &str) -> Result<ScheduledKind, GuestFault> {
     })
 }
 
-fn detail(detail: &Record) -> Result<Detail, GuestFault> {
-    Ok(Detail {
+fn detail(detail: &Record) -> Result<ScheduledDetail, GuestFault> {
+    Ok(ScheduledDetail {
         index: detail.u32("index")?,
         kind: scheduled_kind(&detail.string("kind")?)?,
         block_ids: detail.u32s("blockIds")?,
@@ -590,7 +591,7 @@ fn detail(detail: &Record) -> Result<Detail, GuestFault> {
 
 fn live_request(request: &Record) -> Result<LiveRequest, GuestFault> {
     Ok(LiveRequest {
-        handle: request.u64("handle")?,
+        handle: RequestHandle(request.u64("handle")?),
         id: request.string("requestId")?.into(),
         client_index: request.u32("clientIndex")?,
         num_tokens: request.u32("numTokens")?,
@@ -599,37 +600,49 @@ fn live_request(request: &Record) -> Result<LiveRequest, GuestFault> {
     })
 }
 
-fn scheduler_output(output: &Record) -> Result<WireSchedulerOutput, GuestFault> {
+fn scheduler_output(output: &Record) -> Result<SchedulerOutput, GuestFault> {
     let batch = output.record("batch")?;
-    Ok(WireSchedulerOutput {
+    Ok(SchedulerOutput {
         step: output.u64("step")?,
-        batch: Batch {
-            handles: batch.u64s("handles")?,
+        batch: ScheduledBatch {
+            handles: handles(batch.u64s("handles")?),
             num_computed_tokens: batch.u32s("numComputedTokens")?,
             num_scheduled_tokens: batch.u32s("numScheduledTokens")?,
             sample: batch.bools("sample")?,
             details: batch.list("details", detail)?,
         },
         total_num_scheduled_tokens: output.u32("totalNumScheduledTokens")?,
-        preempted: output.u64s("preempted")?,
-        finished: output.u64s("finished")?,
+        preempted: output.list("preempted", reference)?,
+        finished: output.list("finished", reference)?,
         journey_events: output.list("journeyEvents", journey_event)?,
         step_events: output.list("stepEvents", step_event)?,
     })
 }
 
-fn finish(finish: &Record) -> Result<Finish, GuestFault> {
-    Ok(Finish {
+fn handles(handles: Vec<u64>) -> Vec<RequestHandle> {
+    handles.into_iter().map(RequestHandle).collect()
+}
+
+fn reference(reference: &Record) -> Result<RequestRef, GuestFault> {
+    Ok(RequestRef {
+        id: reference.string("id")?.into(),
+        handle: RequestHandle(reference.u64("handle")?),
+        client_index: reference.u32("clientIndex")?,
+    })
+}
+
+fn finish(finish: &Record) -> Result<OutputFinish, GuestFault> {
+    Ok(OutputFinish {
         index: finish.u32("index")?,
         status: finish_status(&finish.string("status")?)?,
         stop_reason: finish.optional_u32("stopReason")?,
     })
 }
 
-fn engine_outputs(outputs: &Record) -> Result<WireEngineOutputs, GuestFault> {
-    Ok(WireEngineOutputs {
+fn engine_outputs(outputs: &Record) -> Result<EngineOutputs, GuestFault> {
+    Ok(EngineOutputs {
         step: outputs.u64("step")?,
-        handles: outputs.u64s("handles")?,
+        handles: handles(outputs.u64s("handles")?),
         token_ids: outputs.u32s("tokenIds")?,
         finishes: outputs.list("finishes", finish)?,
         journey_events: outputs.list("journeyEvents", journey_event)?,
