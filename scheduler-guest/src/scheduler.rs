@@ -624,6 +624,8 @@ impl Scheduler {
         let max_model_len = self.config.max_model_len;
         let mut engine = EngineOutputs {
             step: flight.step,
+            handles: Vec::with_capacity(flight.entries.len()),
+            token_ids: Vec::with_capacity(flight.entries.len()),
             ..EngineOutputs::default()
         };
         let mut stopped_running = false;
