@@ -12,13 +12,13 @@ use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
 };
 use waypoint_scheduler::{
-    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestError, RequestHandle, RequestId,
-    ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
+    FinishStatus, JourneyEvent, LiveRequest, ModelOutput, NewRequest, RequestError, RequestHandle,
+    RequestId, ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::fault::{Call, ContractViolation, GuestFault};
-use crate::wire::{self, LiveRequest};
+use crate::wire;
 
 /// The calls of the `waypoint:scheduler` world as one binding makes them. A transport converts
 /// its binding's types to the scheduler crate's records and reports traps, timeouts and
@@ -334,7 +334,7 @@ impl Mirror {
                 });
             }
             let live = Live {
-                id: request.id,
+                id: request.request_id,
                 known_tokens: request.num_tokens,
                 blocks: request.num_blocks,
                 finished: request.finished,

@@ -1,24 +1,7 @@
-//! What crosses the boundary besides the scheduler crate's own records: the live requests a
-//! component reports after an import, and a model output in the flat shape the WIT carries.
+//! The one record whose WIT shape differs from the scheduler crate's: a model output, sent as
+//! a token per entry and the entries that have none.
 
-use waypoint_scheduler::{ModelOutput, RequestHandle, RequestId};
-
-/// A request a component holds, as `live-requests` reports it after an import.
-#[derive(Clone, Debug)]
-pub struct LiveRequest {
-    /// Its handle.
-    pub handle: RequestHandle,
-    /// Its id.
-    pub id: RequestId,
-    /// Its client.
-    pub client_index: u32,
-    /// Prompt and generated tokens.
-    pub num_tokens: u32,
-    /// KV blocks it holds.
-    pub num_blocks: u32,
-    /// Finished since the last `schedule` (the next one reports it).
-    pub finished: bool,
-}
+use waypoint_scheduler::ModelOutput;
 
 /// A model output as sent: a token per scheduled entry (0 where none) and the entries that
 /// have none.

@@ -5,13 +5,12 @@ use proptest::prelude::*;
 use waypoint_engine::backend::{BackendError, GuestFault, PolicyDescription, SchedulerBackend};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_engine::fault::ContractViolation;
-use waypoint_engine::wire::LiveRequest;
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail,
     SchedulerOutput,
 };
 use waypoint_scheduler::{
-    FinishStatus, JourneyConfig, JourneyEvent, ModelOutput, NewRequest, RequestHandle,
+    FinishStatus, JourneyConfig, JourneyEvent, LiveRequest, ModelOutput, NewRequest, RequestHandle,
     ScheduledKind, Scheduler, SchedulerConfig, SchedulerStats, StepEvent,
 };
 

@@ -45,6 +45,7 @@ pub mod scheduler;
 pub mod state;
 pub mod step_trace;
 pub mod table;
+pub mod wit;
 
 pub use config::{JourneyConfig, PolicyKind, SchedulerConfig, StepTracingConfig};
 pub use error::{ConfigError, OutputError, RequestError, StateError};
@@ -52,9 +53,9 @@ pub use journey::{
     JourneyEvent, JourneyEventType, JourneyValidator, JourneyViolation, Phase, ScheduleKind,
 };
 pub use output::{
-    Added, EngineOutputs, FinishOutcome, ModelOutput, OutputFinish, RequestHandle, RequestRef,
-    ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry, ScheduledKind, SchedulerOutput,
-    SchedulerStats,
+    Added, EngineOutputs, FinishOutcome, LiveRequest, ModelOutput, OutputFinish, RequestHandle,
+    RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry, ScheduledKind,
+    SchedulerOutput, SchedulerStats,
 };
 pub use request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
 pub use scheduler::Scheduler;

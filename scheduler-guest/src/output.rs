@@ -265,6 +265,24 @@ impl EngineOutputs {
     }
 }
 
+/// A request the scheduler holds, as a host needs to know it to check later results (after a
+/// state import, say).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRequest {
+    /// Its handle.
+    pub handle: RequestHandle,
+    /// Its id.
+    pub request_id: RequestId,
+    /// Its client.
+    pub client_index: u32,
+    /// Prompt and generated tokens.
+    pub num_tokens: u32,
+    /// KV blocks it holds.
+    pub num_blocks: u32,
+    /// Finished since the last `schedule`, which will report it.
+    pub finished: bool,
+}
+
 /// What `finish_requests` reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[must_use = "journey events are only here"]

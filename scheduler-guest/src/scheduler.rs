@@ -49,8 +49,9 @@ use crate::error::{ConfigError, OutputError, RequestError};
 use crate::journey::{JourneyEvent, JourneyEventType, JourneyRecorder, Phase, ScheduleKind};
 use crate::kv::{ComputedBlocks, KvCacheManager};
 use crate::output::{
-    Added, EngineOutputs, FinishOutcome, ModelOutput, OutputFinish, RequestHandle, RequestRef,
-    ResetOutcome, ScheduledBatch, ScheduledEntry, ScheduledKind, SchedulerOutput, SchedulerStats,
+    Added, EngineOutputs, FinishOutcome, LiveRequest, ModelOutput, OutputFinish, RequestHandle,
+    RequestRef, ResetOutcome, ScheduledBatch, ScheduledEntry, ScheduledKind, SchedulerOutput,
+    SchedulerStats,
 };
 use crate::queue::{new_policy, SchedulingPolicy};
 use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
@@ -196,6 +197,31 @@ impl Scheduler {
     /// Requests finished since the last `schedule` (reported in the next output).
     pub fn pending_finished(&self) -> &[RequestRef] {
         &self.finished_since_schedule
+    }
+
+    /// Every request the scheduler holds: the live ones, then those finished since the last
+    /// `schedule` (which reports them).
+    pub fn live_requests(&self) -> Vec<LiveRequest> {
+        let live = self.requests.iter().map(|request| LiveRequest {
+            handle: request.handle,
+            request_id: request.id.clone(),
+            client_index: request.client_index,
+            num_tokens: request.num_tokens(),
+            num_blocks: request.block_ids.len() as u32,
+            finished: false,
+        });
+        let finished = self
+            .finished_since_schedule
+            .iter()
+            .map(|reference| LiveRequest {
+                handle: reference.handle,
+                request_id: reference.id.clone(),
+                client_index: reference.client_index,
+                num_tokens: 0,
+                num_blocks: 0,
+                finished: true,
+            });
+        live.chain(finished).collect()
     }
 
     /// Whether journey state exists at all (only while journey tracing is enabled).

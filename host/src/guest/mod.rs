@@ -19,12 +19,13 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use waypoint_engine::component::{ComponentBackend, Transport};
-use waypoint_engine::wire::LiveRequest;
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
 };
+use waypoint_scheduler::wit::Convert;
 use waypoint_scheduler::{
-    FinishStatus, NewRequest, RequestHandle, SchedulerConfig, SchedulerStats, StepEvent,
+    ConfigError, FinishStatus, LiveRequest, NewRequest, OutputError, RequestError, SchedulerConfig,
+    SchedulerStats, StateError, StepEvent,
 };
 
 use crate::backend::{BackendError, GuestFault, PolicyDescription};
@@ -330,34 +331,31 @@ impl WasmtimeTransport {
 
 impl Transport for WasmtimeTransport {
     fn create(&mut self, config: &SchedulerConfig) -> Result<(), BackendError> {
-        let config = convert::config(config);
+        let config: wit::SchedulerConfig = (*config).convert();
         self.replace(|guest, store| {
             let result = guest.call_create(store, config)?;
-            Ok(result.map_err(|e| convert::config_error(e).into()))
+            Ok(result.map_err(|e| Convert::<ConfigError>::convert(e).into()))
         })
     }
 
     fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
         self.replace(|guest, store| {
             let result = guest.call_import_state(store, state, now_ns)?;
-            Ok(result.map_err(|e| convert::state_error(e).into()))
+            Ok(result.map_err(|e| Convert::<StateError>::convert(e).into()))
         })
     }
 
     fn add_request(&mut self, request: &NewRequest, now_ns: u64) -> Result<Added, BackendError> {
-        let request = convert::new_request(request);
+        let request: wit::NewRequest = request.clone().convert();
         let added =
             self.with(|guest, store, s| guest.call_add_request(store, s, &request, now_ns))?;
-        let added = added.map_err(convert::request_error)?;
-        Ok(Added {
-            handle: RequestHandle(added.handle),
-            journey_events: convert::journey_events(added.journey_events),
-        })
+        let added = added.map_err(Convert::<RequestError>::convert)?;
+        Ok(added.convert())
     }
 
     fn schedule(&mut self, now_ns: u64) -> Result<SchedulerOutput, BackendError> {
         let output = self.with(|guest, store, s| guest.call_schedule(store, s, now_ns))?;
-        Ok(convert::scheduler_output(output))
+        Ok(output.convert())
     }
 
     fn update_from_output(
@@ -372,8 +370,8 @@ impl Transport for WasmtimeTransport {
         };
         let result =
             self.with(|guest, store, s| guest.call_update_from_output(store, s, &output, now_ns))?;
-        let outputs = result.map_err(convert::output_error)?;
-        Ok(convert::engine_outputs(outputs))
+        let outputs = result.map_err(Convert::<OutputError>::convert)?;
+        Ok(outputs.convert())
     }
 
     fn finish_requests(
@@ -382,10 +380,10 @@ impl Transport for WasmtimeTransport {
         status: FinishStatus,
         now_ns: u64,
     ) -> Result<FinishOutcome, BackendError> {
-        let status = convert::finish_status_out(status);
+        let status: wit::FinishStatus = status.convert();
         let outcome =
             self.with(|guest, store, s| guest.call_finish_requests(store, s, ids, status, now_ns))?;
-        Ok(convert::finish_outcome(outcome))
+        Ok(outcome.convert())
     }
 
     fn reset_prefix_cache(
@@ -396,22 +394,22 @@ impl Transport for WasmtimeTransport {
         let outcome = self.with(|guest, store, s| {
             guest.call_reset_prefix_cache(store, s, reset_running_requests, now_ns)
         })?;
-        Ok(convert::reset_outcome(outcome))
+        Ok(outcome.convert())
     }
 
     fn shutdown(&mut self, now_ns: u64) -> Result<Vec<StepEvent>, BackendError> {
         let events = self.with(|guest, store, s| guest.call_shutdown(store, s, now_ns))?;
-        Ok(events.into_iter().map(convert::step_event).collect())
+        Ok(events.convert())
     }
 
     fn stats(&mut self, now_ns: u64) -> Result<SchedulerStats, BackendError> {
         let stats = self.with(|guest, store, s| guest.call_stats(store, s, now_ns))?;
-        Ok(convert::stats(stats))
+        Ok(stats.convert())
     }
 
     fn live_requests(&mut self, now_ns: u64) -> Result<Vec<LiveRequest>, BackendError> {
         let requests = self.with(|guest, store, s| guest.call_live_requests(store, s, now_ns))?;
-        Ok(requests.into_iter().map(convert::live_request).collect())
+        Ok(requests.convert())
     }
 
     fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {

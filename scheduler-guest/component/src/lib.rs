@@ -24,6 +24,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use waypoint_scheduler::wit::Convert;
 use waypoint_scheduler::{FinishStatus, PolicyKind, Scheduler};
 
 wit_bindgen::generate!({
@@ -75,14 +76,14 @@ impl Component {
     pub fn new(config: wit::SchedulerConfig) -> Result<Self, wit::ConfigError> {
         Scheduler::new(convert::config(config, POLICY))
             .map(|scheduler| Self(RefCell::new(scheduler)))
-            .map_err(convert::config_error)
+            .map_err(Convert::convert)
     }
 
     /// A scheduler continuing from an exported state, with this build's policy.
     pub fn from_state(state: &[u8]) -> Result<Self, wit::StateError> {
         Scheduler::import_state(state, POLICY)
             .map(|scheduler| Self(RefCell::new(scheduler)))
-            .map_err(convert::state_error)
+            .map_err(Convert::convert)
     }
 }
 
@@ -100,19 +101,15 @@ impl GuestScheduler for Component {
         request: wit::NewRequest,
         now_ns: u64,
     ) -> Result<wit::Added, wit::RequestError> {
-        let added = self
-            .0
+        self.0
             .borrow_mut()
-            .add_request(convert::new_request(request), now_ns)
-            .map_err(convert::request_error)?;
-        Ok(wit::Added {
-            handle: added.handle.0,
-            journey_events: convert::journey_events(added.journey_events),
-        })
+            .add_request(request.convert(), now_ns)
+            .map(Convert::convert)
+            .map_err(Convert::convert)
     }
 
     fn schedule(&self, now_ns: u64) -> wit::SchedulerOutput {
-        convert::scheduler_output(self.0.borrow_mut().schedule(now_ns))
+        self.0.borrow_mut().schedule(now_ns).convert()
     }
 
     fn update_from_output(
@@ -124,8 +121,8 @@ impl GuestScheduler for Component {
         self.0
             .borrow_mut()
             .update_from_output(&output, now_ns)
-            .map(convert::engine_outputs)
-            .map_err(convert::output_error)
+            .map(Convert::convert)
+            .map_err(Convert::convert)
     }
 
     fn finish_requests(
@@ -134,57 +131,30 @@ impl GuestScheduler for Component {
         status: wit::FinishStatus,
         now_ns: u64,
     ) -> wit::FinishOutcome {
-        let status: FinishStatus = convert::finish_status_in(status);
-        let outcome =
-            self.0
-                .borrow_mut()
-                .finish_requests(ids.iter().map(String::as_str), status, now_ns);
-        convert::finish_outcome(outcome)
+        let status: FinishStatus = status.convert();
+        self.0
+            .borrow_mut()
+            .finish_requests(ids.iter().map(String::as_str), status, now_ns)
+            .convert()
     }
 
     fn reset_prefix_cache(&self, reset_running_requests: bool, now_ns: u64) -> wit::ResetOutcome {
-        convert::reset_outcome(
-            self.0
-                .borrow_mut()
-                .reset_prefix_cache(reset_running_requests, now_ns),
-        )
+        self.0
+            .borrow_mut()
+            .reset_prefix_cache(reset_running_requests, now_ns)
+            .convert()
     }
 
     fn shutdown(&self, now_ns: u64) -> Vec<wit::StepEvent> {
-        self.0
-            .borrow_mut()
-            .shutdown(now_ns)
-            .into_iter()
-            .map(convert::step_event)
-            .collect()
+        self.0.borrow_mut().shutdown(now_ns).convert()
     }
 
     fn stats(&self, _now_ns: u64) -> wit::SchedulerStats {
-        convert::stats(self.0.borrow().stats())
+        self.0.borrow().stats().convert()
     }
 
     fn live_requests(&self, _now_ns: u64) -> Vec<wit::LiveRequest> {
-        let scheduler = self.0.borrow();
-        let live = scheduler.requests().iter().map(|request| wit::LiveRequest {
-            handle: request.handle().0,
-            request_id: String::from(&**request.id()),
-            client_index: request.client_index(),
-            num_tokens: request.num_tokens(),
-            num_blocks: request.block_ids().len() as u32,
-            finished: false,
-        });
-        let finished = scheduler
-            .pending_finished()
-            .iter()
-            .map(|reference| wit::LiveRequest {
-                handle: reference.handle.0,
-                request_id: String::from(&*reference.id),
-                client_index: reference.client_index,
-                num_tokens: 0,
-                num_blocks: 0,
-                finished: true,
-            });
-        live.chain(finished).collect()
+        self.0.borrow().live_requests().convert()
     }
 
     fn export_state(&self, _now_ns: u64) -> Vec<u8> {

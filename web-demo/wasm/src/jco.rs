@@ -8,7 +8,6 @@ use wasm_bindgen::{JsCast, JsValue};
 use waypoint_engine::backend::{BackendError, GuestFault, PolicyDescription};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_engine::fault::{Call, ContractViolation};
-use waypoint_engine::wire::LiveRequest;
 use waypoint_scheduler::kv::PrefixCacheStats;
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, OutputFinish, RequestRef, ResetOutcome, ScheduledBatch,
@@ -16,9 +15,9 @@ use waypoint_scheduler::output::{
 };
 use waypoint_scheduler::step_trace::{BatchSummary, RequestSnapshot};
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, NewRequest, OutputError, Phase,
-    RequestError, RequestHandle, RequestId, ScheduleKind, ScheduledKind, SchedulerConfig,
-    SchedulerStats, StateError, StepEvent,
+    ConfigError, FinishStatus, JourneyEvent, JourneyEventType, LiveRequest, NewRequest,
+    OutputError, Phase, RequestError, RequestHandle, RequestId, ScheduleKind, ScheduledKind,
+    SchedulerConfig, SchedulerStats, StateError, StepEvent,
 };
 
 /// A scheduler in a transpiled policy component.
@@ -592,7 +591,7 @@ fn detail(detail: &Record) -> Result<ScheduledDetail, GuestFault> {
 fn live_request(request: &Record) -> Result<LiveRequest, GuestFault> {
     Ok(LiveRequest {
         handle: RequestHandle(request.u64("handle")?),
-        id: request.string("requestId")?.into(),
+        request_id: request.string("requestId")?.into(),
         client_index: request.u32("clientIndex")?,
         num_tokens: request.u32("numTokens")?,
         num_blocks: request.u32("numBlocks")?,
