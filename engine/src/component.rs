@@ -125,10 +125,15 @@ impl Mirror {
     }
 
     /// The unfinished request with this id.
-    fn unfinished_by_id(&mut self, call: Call, id: &str) -> Result<&mut Live, ContractViolation> {
-        self.by_id
+    fn unfinished_by_id<'a>(
+        by_id: &FxHashMap<RequestId, RequestHandle>,
+        by_handle: &'a mut FxHashMap<RequestHandle, Live>,
+        call: Call,
+        id: &str,
+    ) -> Result<&'a mut Live, ContractViolation> {
+        by_id
             .get(id)
-            .and_then(|handle| self.by_handle.get_mut(handle))
+            .and_then(|handle| by_handle.get_mut(handle))
             .filter(|live| !live.finished)
             .ok_or_else(|| ContractViolation::UnknownRequestId {
                 call,
@@ -308,9 +313,9 @@ impl Mirror {
             if !asked.iter().any(|asked| **asked == **id) {
                 return Err(ContractViolation::UnaskedFinish { id: id.to_string() });
             }
-            let live = self.unfinished_by_id(Call::FinishRequests, id)?;
-            live.finished = true;
-            self.unfinished -= 1;
+            let call = Call::FinishRequests;
+            let live = Self::unfinished_by_id(&self.by_id, &mut self.by_handle, call, id)?;
+            Self::mark_finished(live, &mut self.unfinished);
         }
         self.check_events(Call::FinishRequests, &outcome.journey_events)
     }
@@ -318,7 +323,8 @@ impl Mirror {
     /// Every preempted id is a live request; preempted requests hold no blocks.
     fn reset_outcome(&mut self, outcome: &ResetOutcome) -> Result<(), ContractViolation> {
         for id in &outcome.preempted_ids {
-            self.unfinished_by_id(Call::ResetPrefixCache, id)?.blocks = 0;
+            let call = Call::ResetPrefixCache;
+            Self::unfinished_by_id(&self.by_id, &mut self.by_handle, call, id)?.blocks = 0;
         }
         self.check_events(Call::ResetPrefixCache, &outcome.journey_events)
     }

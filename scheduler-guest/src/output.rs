@@ -147,20 +147,34 @@ impl ScheduledBatch {
             })
     }
 
-    /// Append an entry; it gets a detail unless it is a running request without new blocks.
-    pub fn push(&mut self, entry: ScheduledEntry<'_>) {
-        if entry.kind != ScheduledKind::Running || !entry.block_ids.is_empty() {
-            self.details.push(ScheduledDetail {
-                index: self.handles.len() as u32,
-                kind: entry.kind,
-                block_ids: entry.block_ids.to_vec(),
-                token_ids: entry.token_ids.to_vec(),
-            });
-        }
-        self.handles.push(entry.handle);
-        self.num_computed_tokens.push(entry.num_computed_tokens);
-        self.num_scheduled_tokens.push(entry.num_scheduled_tokens);
-        self.sample.push(entry.sample);
+    /// Append an entry: a running request given no new blocks, unless
+    /// [`Self::set_last_detail`] says otherwise.
+    pub fn push(
+        &mut self,
+        handle: RequestHandle,
+        num_computed_tokens: u32,
+        num_scheduled_tokens: u32,
+        sample: bool,
+    ) {
+        self.handles.push(handle);
+        self.num_computed_tokens.push(num_computed_tokens);
+        self.num_scheduled_tokens.push(num_scheduled_tokens);
+        self.sample.push(sample);
+    }
+
+    /// Give the entry pushed last its kind, blocks and tokens.
+    pub fn set_last_detail(
+        &mut self,
+        kind: ScheduledKind,
+        block_ids: Vec<u32>,
+        token_ids: Vec<u32>,
+    ) {
+        self.details.push(ScheduledDetail {
+            index: self.handles.len().saturating_sub(1) as u32,
+            kind,
+            block_ids,
+            token_ids,
+        });
     }
 
     /// Remove the entry at `index`, shifting later ones (and their details) down.

@@ -50,8 +50,7 @@ use crate::journey::{JourneyEvent, JourneyEventType, JourneyRecorder, Phase, Sch
 use crate::kv::{ComputedBlocks, KvCacheManager};
 use crate::output::{
     Added, EngineOutputs, FinishOutcome, LiveRequest, ModelOutput, OutputFinish, RequestHandle,
-    RequestRef, ResetOutcome, ScheduledBatch, ScheduledEntry, ScheduledKind, SchedulerOutput,
-    SchedulerStats,
+    RequestRef, ResetOutcome, ScheduledBatch, ScheduledKind, SchedulerOutput, SchedulerStats,
 };
 use crate::queue::{new_policy, SchedulingPolicy};
 use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
@@ -387,15 +386,15 @@ impl Scheduler {
             let request = &mut self.requests[idx];
             request.scheduled_step = step;
             request.scheduled_tokens = num_new_tokens;
-            batch.push(ScheduledEntry {
-                handle: request.handle,
-                kind: ScheduledKind::Running,
-                num_computed_tokens: request.num_computed_tokens,
-                num_scheduled_tokens: num_new_tokens,
-                block_ids: &block_ids,
-                token_ids: &[],
-                sample: request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
-            });
+            batch.push(
+                request.handle,
+                request.num_computed_tokens,
+                num_new_tokens,
+                request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
+            );
+            if !block_ids.is_empty() {
+                batch.set_last_detail(ScheduledKind::Running, block_ids, Vec::new());
+            }
             handles.push(idx);
             budget -= num_new_tokens;
             position += 1;
@@ -503,18 +502,21 @@ impl Scheduler {
             request.num_cached_tokens.get_or_insert(hit.num_tokens);
             request.scheduled_step = step;
             request.scheduled_tokens = num_new_tokens;
-            batch.push(ScheduledEntry {
-                handle: request.handle,
-                kind: match kind {
-                    ScheduleKind::First => ScheduledKind::New,
-                    ScheduleKind::Resume => ScheduledKind::Resumed,
-                },
-                num_computed_tokens: hit.num_tokens,
-                num_scheduled_tokens: num_new_tokens,
-                block_ids: &request.block_ids,
-                token_ids: &request.token_ids,
-                sample: hit.num_tokens + num_new_tokens >= request.num_tokens(),
-            });
+            batch.push(
+                request.handle,
+                hit.num_tokens,
+                num_new_tokens,
+                hit.num_tokens + num_new_tokens >= request.num_tokens(),
+            );
+            let scheduled_kind = match kind {
+                ScheduleKind::First => ScheduledKind::New,
+                ScheduleKind::Resume => ScheduledKind::Resumed,
+            };
+            batch.set_last_detail(
+                scheduled_kind,
+                request.block_ids.clone(),
+                request.token_ids.clone(),
+            );
             handles.push(idx);
             *budget -= num_new_tokens;
             // Admissions are final at once (running tokens may still be taken back by a

@@ -118,20 +118,6 @@ pub fn finish_at(engine: &EngineOutputs, index: usize) -> (Option<FinishStatus>,
         })
 }
 
-/// The request of the `index`th new token, by id (it may have finished since).
-pub fn output_id(
-    names: &[(RequestHandle, String)],
-    engine: &EngineOutputs,
-    index: usize,
-) -> String {
-    let handle = engine.handles[index];
-    names
-        .iter()
-        .find(|(named, _)| *named == handle)
-        .map(|(_, id)| id.clone())
-        .expect("a handle the test named")
-}
-
 pub fn strings(ids: &[waypoint_scheduler::RequestId]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
