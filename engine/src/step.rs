@@ -1,5 +1,10 @@
 //! The step loop: a scheduler backend deciding every step, the model runner computing it over
 //! the paged KV cache, and sampled tokens flowing back.
+//!
+//! The engine holds one record per live request, keyed by its handle: the model's view (tokens,
+//! block table, sampling) and the caller's payload (the server's stream and span). A request
+//! leaves only by finishing, by [`Engine::finish`] or by [`Engine::reload`], and each hands its
+//! payload back, so whatever the payload holds is released on every exit path.
 
 use std::collections::HashMap;
 
@@ -24,9 +29,9 @@ pub struct EngineRequest {
     pub sampling: SamplingParams,
 }
 
-/// A finished request.
+/// A finished request, with the payload it was submitted with.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Completion {
+pub struct Completion<P = ()> {
     /// Request id.
     pub id: RequestId,
     /// Generated tokens.
@@ -43,6 +48,37 @@ pub struct Completion {
     pub finish_ns: u64,
     /// Prompt tokens.
     pub prompt_len: usize,
+    /// What the caller attached to the request.
+    pub payload: P,
+}
+
+impl<P> Completion<P> {
+    /// The completion without its payload, and the payload.
+    pub fn into_parts(self) -> (Completion, P) {
+        let Self {
+            id,
+            token_ids,
+            finish_status,
+            arrival_ns,
+            first_scheduled_ns,
+            first_token_ns,
+            finish_ns,
+            prompt_len,
+            payload,
+        } = self;
+        let completion = Completion {
+            id,
+            token_ids,
+            finish_status,
+            arrival_ns,
+            first_scheduled_ns,
+            first_token_ns,
+            finish_ns,
+            prompt_len,
+            payload: (),
+        };
+        (completion, payload)
+    }
 }
 
 /// A token one request produced in a step.
@@ -50,11 +86,13 @@ pub struct Completion {
 pub struct NewToken {
     /// Request id.
     pub id: RequestId,
+    /// The scheduler's handle of the request.
+    pub handle: RequestHandle,
     /// The sampled token.
     pub token_id: u32,
 }
 
-struct Running {
+struct Running<P> {
     id: RequestId,
     tokens: Vec<u32>,
     prompt_len: usize,
@@ -63,10 +101,11 @@ struct Running {
     arrival_ns: u64,
     first_scheduled_ns: Option<u64>,
     first_token_ns: Option<u64>,
+    payload: P,
 }
 
-impl Running {
-    fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> Completion {
+impl<P> Running<P> {
+    fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> Completion<P> {
         Completion {
             id: self.id,
             token_ids: self.tokens[self.prompt_len..].to_vec(),
@@ -76,23 +115,24 @@ impl Running {
             first_token_ns: self.first_token_ns,
             finish_ns,
             prompt_len: self.prompt_len,
+            payload: self.payload,
         }
     }
 }
 
-/// The scheduler and the model runner, stepping together. The host's engine thread holds a
-/// `Send` backend; the browser's holds JavaScript objects.
-pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send> {
+/// The scheduler and the model runner, stepping together, with a payload `P` per live request.
+/// The host's engine thread holds a `Send` backend; the browser's holds JavaScript objects.
+pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send, P = ()> {
     backend: Box<B>,
     model: Model,
     cache: PagedKvCache,
-    requests: HashMap<RequestHandle, Running>,
+    requests: HashMap<RequestHandle, Running<P>>,
     handles: HashMap<RequestId, RequestHandle>,
 }
 
 /// What one engine step produced.
-#[derive(Debug, Default)]
-pub struct StepResult {
+#[derive(Debug)]
+pub struct StepResult<P = ()> {
     /// Tokens the model computed in this step (prefill and decode).
     pub scheduled_tokens: u32,
     /// Tokens sampled in this step, in batch order.
@@ -100,7 +140,7 @@ pub struct StepResult {
     /// When the step's tokens were produced (after the model ran).
     pub tokens_ns: u64,
     /// Requests that finished in this step.
-    pub finished: Vec<Completion>,
+    pub finished: Vec<Completion<P>>,
     /// Requests preempted in this step.
     pub preempted: Vec<RequestId>,
     /// Journey events of the step's scheduler calls.
@@ -110,12 +150,41 @@ pub struct StepResult {
 }
 
 /// Requests finished from outside the step loop.
-#[derive(Debug, Default)]
-pub struct Finished {
+#[derive(Debug)]
+pub struct Finished<P = ()> {
     /// The requests, with what they had produced.
-    pub completions: Vec<Completion>,
+    pub completions: Vec<Completion<P>>,
     /// Their FINISHED events.
     pub journey_events: Vec<JourneyEvent>,
+}
+
+impl<P> Default for Finished<P> {
+    fn default() -> Self {
+        Self {
+            completions: Vec::new(),
+            journey_events: Vec::new(),
+        }
+    }
+}
+
+/// A request the engine did not take, with the payload it came with.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused<P = ()> {
+    /// Why.
+    #[source]
+    pub error: BackendError,
+    /// The request's payload, back to the caller.
+    pub payload: P,
+}
+
+/// What a reload did: the requests it dropped, and whether the fresh scheduler came up.
+#[derive(Debug)]
+pub struct Reloaded<P = ()> {
+    /// Every request the old scheduler held, with its payload.
+    pub lost: Vec<(RequestId, P)>,
+    /// The fresh scheduler's start.
+    pub result: Result<(), BackendError>,
 }
 
 /// Why an awaited step failed.
@@ -130,13 +199,13 @@ pub enum StepError {
 }
 
 /// A step between the scheduler's decision and the model's logits.
-struct PlannedStep {
+struct PlannedStep<P> {
     output: SchedulerOutput,
     batch: PagedBatch,
-    result: StepResult,
+    result: StepResult<P>,
 }
 
-impl<B: ?Sized + SchedulerBackend> Engine<B> {
+impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     /// An engine whose KV cache has the configuration's `num_blocks × block_size` slots.
     pub fn new(backend: Box<B>, model: Model, config: &SchedulerConfig) -> Self {
         let cache = PagedKvCache::new(
@@ -155,7 +224,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     }
 
     /// Take a request out of both maps.
-    fn remove(&mut self, handle: RequestHandle) -> Option<Running> {
+    fn remove(&mut self, handle: RequestHandle) -> Option<Running<P>> {
         let running = self.requests.remove(&handle)?;
         self.handles.remove(&running.id);
         Some(running)
@@ -166,12 +235,27 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         self.requests.len()
     }
 
-    /// Submit a request; its QUEUED event is returned.
+    /// A live request's payload.
+    pub fn payload_mut(&mut self, handle: RequestHandle) -> Option<&mut P> {
+        self.requests
+            .get_mut(&handle)
+            .map(|running| &mut running.payload)
+    }
+
+    /// A live request's payload, by request id.
+    pub fn payload_by_id_mut(&mut self, id: &str) -> Option<&mut P> {
+        let handle = *self.handles.get(id)?;
+        self.payload_mut(handle)
+    }
+
+    /// Submit a request with its payload; its QUEUED event is returned. A refused request's
+    /// payload comes back with the error.
     pub fn add(
         &mut self,
         request: EngineRequest,
+        payload: P,
         now_ns: u64,
-    ) -> Result<Vec<JourneyEvent>, BackendError> {
+    ) -> Result<Vec<JourneyEvent>, Refused<P>> {
         let id: RequestId = request.request.id.as_str().into();
         let running = Running {
             id: id.clone(),
@@ -182,14 +266,26 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             arrival_ns: now_ns,
             first_scheduled_ns: None,
             first_token_ns: None,
+            payload,
         };
-        let added = self.backend.add_request(request.request, now_ns)?;
+        let added = match self.backend.add_request(request.request, now_ns) {
+            Ok(added) => added,
+            Err(error) => {
+                return Err(Refused {
+                    error,
+                    payload: running.payload,
+                })
+            }
+        };
         // The component backend checks this already; a native scheduler's bug stops here too.
         if self.requests.contains_key(&added.handle) {
             let violation = ContractViolation::HandleReused {
                 handle: added.handle,
             };
-            return Err(GuestFault::Contract(violation).into());
+            return Err(Refused {
+                error: GuestFault::Contract(violation).into(),
+                payload: running.payload,
+            });
         }
         self.requests.insert(added.handle, running);
         self.handles.insert(id, added.handle);
@@ -201,7 +297,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         &mut self,
         now_ns: u64,
         clock: impl FnOnce() -> u64,
-    ) -> Result<StepResult, BackendError> {
+    ) -> Result<StepResult<P>, BackendError> {
         let planned = self.plan(now_ns)?;
         let logits = if planned.batch.requests.is_empty() {
             Vec::new()
@@ -216,7 +312,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         &mut self,
         now_ns: u64,
         clock: impl FnOnce() -> u64,
-    ) -> Result<StepResult, StepError> {
+    ) -> Result<StepResult<P>, StepError> {
         let planned = self.plan(now_ns)?;
         let logits = if planned.batch.requests.is_empty() {
             Vec::new()
@@ -229,13 +325,16 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     }
 
     /// Ask the scheduler for a step and gather its batch.
-    fn plan(&mut self, now_ns: u64) -> Result<PlannedStep, BackendError> {
+    fn plan(&mut self, now_ns: u64) -> Result<PlannedStep<P>, BackendError> {
         let output = self.backend.schedule(now_ns)?;
         let mut result = StepResult {
             scheduled_tokens: output.total_num_scheduled_tokens,
+            tokens: Vec::new(),
+            tokens_ns: 0,
+            finished: Vec::new(),
+            preempted: Vec::new(),
             journey_events: output.journey_events.clone(),
             step_events: output.step_events.clone(),
-            ..StepResult::default()
         };
         for preempted in &output.preempted {
             if let Some(running) = self.requests.get_mut(&preempted.handle) {
@@ -284,10 +383,10 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
     /// Sample from the step's logits and report the tokens; `now` is after the model ran.
     fn complete(
         &mut self,
-        planned: PlannedStep,
+        planned: PlannedStep<P>,
         logits: Vec<Vec<f32>>,
         now: u64,
-    ) -> Result<StepResult, BackendError> {
+    ) -> Result<StepResult<P>, BackendError> {
         let PlannedStep {
             output, mut result, ..
         } = planned;
@@ -325,6 +424,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
             running.first_token_ns.get_or_insert(now);
             result.tokens.push(NewToken {
                 id: running.id.clone(),
+                handle,
                 token_id,
             });
             if let Some(finish) = finish {
@@ -343,7 +443,7 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         ids: &[RequestId],
         status: FinishStatus,
         now_ns: u64,
-    ) -> Result<Finished, BackendError> {
+    ) -> Result<Finished<P>, BackendError> {
         let ids: Vec<String> = ids
             .iter()
             .filter(|id| self.handles.contains_key(*id))
@@ -367,13 +467,20 @@ impl<B: ?Sized + SchedulerBackend> Engine<B> {
         })
     }
 
-    /// After a fault: a fresh scheduler of the same configuration. Every request it held is
-    /// lost; their ids are returned so that the caller can fail them.
-    pub fn reload(&mut self) -> Result<Vec<RequestId>, BackendError> {
-        self.requests.clear();
-        let lost = self.handles.drain().map(|(id, _)| id).collect();
-        self.backend.reload()?;
-        Ok(lost)
+    /// After a fault: a fresh scheduler of the same configuration. Every request the old one
+    /// held is lost, and comes back with its payload whether or not the fresh one starts, so
+    /// that the caller can fail it.
+    pub fn reload(&mut self) -> Reloaded<P> {
+        self.handles.clear();
+        let lost = self
+            .requests
+            .drain()
+            .map(|(_, running)| (running.id, running.payload))
+            .collect();
+        Reloaded {
+            lost,
+            result: self.backend.reload(),
+        }
     }
 
     /// The scheduler's load and cache statistics.

@@ -350,7 +350,7 @@ fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
         Ok(())
     };
     for request in requests {
-        let events = engine.add(request, clock())?;
+        let events = engine.add(request, (), clock())?;
         write_events(&events)?;
     }
     let mut output = std::io::BufWriter::new(

@@ -97,6 +97,7 @@ fn generate_stepping(
                     request,
                     sampling: SamplingParams::default(),
                 },
+                (),
                 0,
             )
             .expect("accepted");

@@ -1,7 +1,10 @@
 //! The engine thread: owns the engine, takes submissions and aborts over a channel, steps while
 //! work exists and sleeps when there is none, and streams each request's text back.
+//!
+//! What the server keeps per request ([`Client`]: its stream and its span) rides in the engine's
+//! own record of the request, so it leaves with the request on every path: finished, stopped,
+//! aborted, refused or lost to a fault.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -11,11 +14,11 @@ use opentelemetry::Context;
 use tokio::sync::mpsc::UnboundedSender;
 use waypoint_scheduler::{FinishStatus, JourneyEvent, RequestId};
 
-use super::{Completion, Engine, EngineRequest, Finished};
-use crate::backend::BackendError;
+use super::{Completion, Engine, EngineRequest, Finished, Refused, Reloaded, StepResult};
+use crate::backend::{BackendError, SchedulerBackend};
 use crate::model::Vocabulary;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::traces::CoreSpans;
+use crate::telemetry::traces::{CoreSpans, RequestSpan};
 use crate::telemetry::Clock;
 
 /// A request for the engine thread.
@@ -159,14 +162,16 @@ pub struct WorkerParts {
     pub journey_log: Option<Box<dyn Write + Send>>,
 }
 
+/// The server's engine: each live request's record carries its [`Client`].
+pub type ServingEngine = Engine<dyn SchedulerBackend + Send, Client>;
+
 /// Start the engine thread.
-pub fn spawn(engine: Engine, parts: WorkerParts) -> std::io::Result<EngineHandle> {
+pub fn spawn(engine: ServingEngine, parts: WorkerParts) -> std::io::Result<EngineHandle> {
     let (commands, receiver) = mpsc::channel();
     let availability = Availability::default();
     let mut worker = Worker {
         engine,
         parts,
-        streams: HashMap::new(),
         availability: availability.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -251,16 +256,33 @@ impl TextStream {
     }
 }
 
-struct Stream {
+/// What the server keeps for a request the engine holds: where its events go, its text so far,
+/// and its `llm_core` span when it is traced.
+pub struct Client {
     events: UnboundedSender<StreamEvent>,
     text: TextStream,
+    span: Option<RequestSpan>,
 }
 
 struct Worker {
-    engine: Engine,
+    engine: ServingEngine,
     parts: WorkerParts,
-    streams: HashMap<RequestId, Stream>,
     availability: Availability,
+}
+
+/// The client of a request that is live, or that finishes in the step being handled.
+fn client_of<'a>(
+    engine: &'a mut ServingEngine,
+    finishing: &'a mut [Completion<Client>],
+    id: &str,
+) -> Option<&'a mut Client> {
+    match engine.payload_by_id_mut(id) {
+        Some(client) => Some(client),
+        None => finishing
+            .iter_mut()
+            .find(|completion| &*completion.id == id)
+            .map(|completion| &mut completion.payload),
+    }
 }
 
 impl Worker {
@@ -313,13 +335,21 @@ impl Worker {
         match command {
             Command::Submit(submission) => self.submit(*submission),
             Command::Abort(id) => {
-                if self.streams.remove(&id).is_some() {
-                    self.parts.metrics.request_aborted();
-                    let now = self.parts.clock.now_ns();
-                    match self.engine.finish(&[id], FinishStatus::Aborted, now) {
-                        Ok(finished) => self.journey(&finished.journey_events),
-                        Err(error) => self.fault(&error),
+                if self.engine.payload_by_id_mut(&id).is_none() {
+                    return;
+                }
+                self.parts.metrics.request_aborted();
+                let now = self.parts.clock.now_ns();
+                match self.engine.finish(&[id], FinishStatus::Aborted, now) {
+                    // Nobody is listening: the span ends, and the stream goes with the record.
+                    Ok(mut finished) => {
+                        self.journey(&finished.journey_events, &mut finished.completions);
+                        for completion in finished.completions {
+                            let (completion, client) = completion.into_parts();
+                            self.end_span(client, completion.finish_ns);
+                        }
                     }
+                    Err(error) => self.fault(&error),
                 }
             }
         }
@@ -333,35 +363,39 @@ impl Worker {
             events,
         } = submission;
         if self.availability.reason().is_some() {
-            if let Err(reason) = self.reload() {
+            if let Err(reason) = self.reload("the scheduler was reloaded") {
                 let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(reason)));
                 return;
             }
         }
         let id: RequestId = request.request.id.as_str().into();
         let now = self.parts.clock.now_ns();
-        match self.engine.add(request, now) {
+        let client = Client {
+            events,
+            text: TextStream::new(stop),
+            span: None,
+        };
+        match self.engine.add(request, client, now) {
             Ok(journey) => {
-                if let (Some(spans), Some(parent)) = (self.parts.spans.as_mut(), &trace_parent) {
-                    spans.open(&id, parent, now);
+                if let Some(client) = self.engine.payload_by_id_mut(&id) {
+                    if let (Some(spans), Some(parent)) = (self.parts.spans.as_ref(), &trace_parent)
+                    {
+                        client.span = Some(spans.open(&id, parent, now));
+                    }
+                    let _ = client.events.send(StreamEvent::Accepted { at_ns: now });
                 }
-                self.journey(&journey);
-                let _ = events.send(StreamEvent::Accepted { at_ns: now });
-                self.streams.insert(
-                    id,
-                    Stream {
-                        events,
-                        text: TextStream::new(stop),
-                    },
-                );
+                self.journey(&journey, &mut []);
             }
-            Err(BackendError::Request(error)) => {
-                let _ = events.send(StreamEvent::Rejected(Rejection::Invalid(error.to_string())));
+            Err(Refused {
+                error: BackendError::Request(error),
+                payload,
+            }) => {
+                let rejection = Rejection::Invalid(error.to_string());
+                let _ = payload.events.send(StreamEvent::Rejected(rejection));
             }
-            Err(error) => {
-                let _ = events.send(StreamEvent::Rejected(Rejection::Unavailable(
-                    error.to_string(),
-                )));
+            Err(Refused { error, payload }) => {
+                let rejection = Rejection::Unavailable(error.to_string());
+                let _ = payload.events.send(StreamEvent::Rejected(rejection));
                 self.fault(&error);
             }
         }
@@ -369,44 +403,52 @@ impl Worker {
 
     fn step(&mut self) {
         let clock = self.parts.clock;
-        let result = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
+        let StepResult {
+            tokens,
+            tokens_ns,
+            mut finished,
+            journey_events,
+            step_events,
+            ..
+        } = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
             Ok(result) => result,
             Err(error) => return self.fault(&error),
         };
-        self.journey(&result.journey_events);
+        self.journey(&journey_events, &mut finished);
         if let Some(spans) = self.parts.spans.as_mut() {
-            spans.steps(&result.step_events, result.tokens_ns);
+            spans.steps(&step_events, tokens_ns);
         }
         let mut stopped = Vec::new();
-        for token in &result.tokens {
-            let Some(stream) = self.streams.get_mut(&token.id) else {
+        for token in &tokens {
+            let Some(client) = client_of(&mut self.engine, &mut finished, &token.id) else {
                 continue;
             };
-            let was_stopped = stream.text.stopped;
-            let text = stream.text.push(&self.parts.vocabulary, token.token_id);
-            if stream.text.stopped && !was_stopped {
+            let was_stopped = client.text.stopped;
+            let text = client.text.push(&self.parts.vocabulary, token.token_id);
+            if client.text.stopped && !was_stopped {
                 stopped.push(token.id.clone());
             }
-            let _ = stream.events.send(StreamEvent::Delta {
+            let _ = client.events.send(StreamEvent::Delta {
                 text,
                 token_ids: vec![token.token_id],
-                at_ns: result.tokens_ns,
+                at_ns: tokens_ns,
             });
         }
-        for completion in result.finished {
+        for completion in finished {
             self.complete(completion);
         }
-        stopped.retain(|id| self.streams.contains_key(id));
+        // Those that finished in this step are no longer live, and need no stopping.
+        stopped.retain(|id| self.engine.payload_by_id_mut(id).is_some());
         if !stopped.is_empty() {
             match self
                 .engine
                 .finish(&stopped, FinishStatus::Stopped, clock.now_ns())
             {
                 Ok(Finished {
-                    completions,
+                    mut completions,
                     journey_events,
                 }) => {
-                    self.journey(&journey_events);
+                    self.journey(&journey_events, &mut completions);
                     for completion in completions {
                         self.complete(completion);
                     }
@@ -420,29 +462,43 @@ impl Worker {
         }
     }
 
-    fn complete(&mut self, completion: Completion) {
-        let Some(mut stream) = self.streams.remove(&completion.id) else {
-            return;
-        };
-        let rest = stream.text.finish(&self.parts.vocabulary);
+    /// Send a finished request's held-back text and its completion, and end its span.
+    fn complete(&mut self, completion: Completion<Client>) {
+        let (completion, mut client) = completion.into_parts();
+        let rest = client.text.finish(&self.parts.vocabulary);
         if !rest.is_empty() {
-            let _ = stream.events.send(StreamEvent::Delta {
+            let _ = client.events.send(StreamEvent::Delta {
                 text: rest,
                 token_ids: Vec::new(),
                 at_ns: completion.finish_ns,
             });
         }
-        let _ = stream
+        let finish_ns = completion.finish_ns;
+        let _ = client
             .events
             .send(StreamEvent::Finished(Box::new(completion)));
+        self.end_span(client, finish_ns);
     }
 
-    fn journey(&mut self, events: &[JourneyEvent]) {
+    fn end_span(&self, client: Client, now_ns: u64) {
+        if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
+            spans.finish(span, now_ns);
+        }
+    }
+
+    /// Write journey events to the log, and to the spans of the requests they name: live ones,
+    /// or those in `finishing`.
+    fn journey(&mut self, events: &[JourneyEvent], finishing: &mut [Completion<Client>]) {
         if events.is_empty() {
             return;
         }
-        if let Some(spans) = self.parts.spans.as_mut() {
-            spans.journey(events);
+        if let Some(spans) = self.parts.spans.as_ref() {
+            for event in events {
+                let client = client_of(&mut self.engine, finishing, &event.request_id);
+                if let Some(span) = client.and_then(|client| client.span.as_mut()) {
+                    spans.journey(span, event);
+                }
+            }
         }
         if let Some(log) = self.parts.journey_log.as_mut() {
             for event in events {
@@ -461,30 +517,25 @@ impl Worker {
         self.availability.set(Some(format!(
             "the scheduler is being reloaded after a fault: {error}"
         )));
-        let message = format!("the scheduler failed: {error}");
-        let now = self.parts.clock.now_ns();
-        for (id, stream) in self.streams.drain() {
-            if let Some(spans) = self.parts.spans.as_mut() {
-                spans.fail(&id, &message, now);
-            }
-            let _ = stream.events.send(StreamEvent::Failed {
-                error: message.clone(),
-            });
-        }
         // A failed reload is retried on the next submission; its reason is what `/health` says.
-        let _ = self.reload();
+        let _ = self.reload(&format!("the scheduler failed: {error}"));
     }
 
-    /// Reload the scheduler, or say why it cannot serve.
-    fn reload(&mut self) -> Result<(), String> {
-        match self.engine.reload() {
-            Ok(lost) => {
-                let now = self.parts.clock.now_ns();
-                if let Some(spans) = self.parts.spans.as_mut() {
-                    for id in &lost {
-                        spans.fail(id, "the scheduler was reloaded", now);
-                    }
-                }
+    /// Reload the scheduler, failing every request it held with `message`, or say why it
+    /// cannot serve.
+    fn reload(&mut self, message: &str) -> Result<(), String> {
+        let Reloaded { lost, result } = self.engine.reload();
+        let now = self.parts.clock.now_ns();
+        for (_, client) in lost {
+            if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
+                spans.fail(span, message, now);
+            }
+            let _ = client.events.send(StreamEvent::Failed {
+                error: message.to_owned(),
+            });
+        }
+        match result {
+            Ok(()) => {
                 self.availability.set(None);
                 Ok(())
             }

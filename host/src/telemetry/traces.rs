@@ -2,9 +2,6 @@
 //! `llm_core` span that carries its journey events, and the `scheduler_steps_<n>` spans of
 //! step tracing.
 
-use std::collections::HashMap;
-use std::time::SystemTime;
-
 use axum::http::HeaderMap;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
@@ -304,11 +301,24 @@ fn step_attributes(attributes: Vec<(&'static str, AttributeValue)>) -> Vec<KeyVa
         .collect()
 }
 
-/// The engine thread's spans: one `llm_core` per sampled live request, and the open
-/// `scheduler_steps_<n>` window.
+/// A traced request's `llm_core` span, held in the engine's record of the request.
+#[derive(Debug)]
+pub struct RequestSpan(Span);
+
+impl Drop for RequestSpan {
+    /// A span still open here outlived its request's record: the engine thread stopped.
+    fn drop(&mut self) {
+        if self.0.is_recording() {
+            self.0.set_status(Status::error("the engine stopped"));
+            self.0.end();
+        }
+    }
+}
+
+/// The engine thread's spans: it opens each traced request's `llm_core` (which the request's
+/// record then holds) and keeps the open `scheduler_steps_<n>` window.
 pub struct CoreSpans {
     tracing: std::sync::Arc<Tracing>,
-    requests: HashMap<RequestId, Span>,
     window: Option<Span>,
 }
 
@@ -317,13 +327,12 @@ impl CoreSpans {
     pub fn new(tracing: std::sync::Arc<Tracing>) -> Self {
         Self {
             tracing,
-            requests: HashMap::new(),
             window: None,
         }
     }
 
     /// Start `llm_core` for a request the engine accepted, under its `llm_request`.
-    pub fn open(&mut self, id: &RequestId, parent: &Context, now_ns: u64) {
+    pub fn open(&self, id: &RequestId, parent: &Context, now_ns: u64) -> RequestSpan {
         let core = &self.tracing.core;
         let span = core
             .span_builder("llm_core")
@@ -331,32 +340,35 @@ impl CoreSpans {
             .with_start_time(self.tracing.clock.wall(now_ns))
             .with_attributes([KeyValue::new("gen_ai.request.id", id.to_string())])
             .start_with_context(core, parent);
-        self.requests.insert(id.clone(), span);
+        RequestSpan(span)
     }
 
-    /// Record journey events as `journey.<TYPE>` span events; FINISHED ends the span.
-    pub fn journey(&mut self, events: &[JourneyEvent]) {
-        for event in events {
-            let at = self.tracing.clock.wall(event.ts_monotonic_ns);
-            let finished = event.finish_status.is_some();
-            let Some(span) = self.requests.get_mut(&event.request_id) else {
-                continue;
-            };
-            span.add_event_with_timestamp(
-                format!("journey.{}", event.event_type.as_str()),
-                at,
-                journey_attributes(event),
-            );
-            if finished {
-                end_span(self.requests.remove(&event.request_id), at, None);
-            }
+    /// Record a journey event as a `journey.<TYPE>` span event; FINISHED ends the span.
+    pub fn journey(&self, span: &mut RequestSpan, event: &JourneyEvent) {
+        let at = self.tracing.clock.wall(event.ts_monotonic_ns);
+        span.0.add_event_with_timestamp(
+            format!("journey.{}", event.event_type.as_str()),
+            at,
+            journey_attributes(event),
+        );
+        if event.finish_status.is_some() {
+            span.0.end_with_timestamp(at);
+        }
+    }
+
+    /// End a finished request's span, if no FINISHED event ended it.
+    pub fn finish(&self, mut span: RequestSpan, now_ns: u64) {
+        if span.0.is_recording() {
+            span.0.end_with_timestamp(self.tracing.clock.wall(now_ns));
         }
     }
 
     /// End a request's span without a FINISHED event (its scheduler was lost to a fault).
-    pub fn fail(&mut self, id: &RequestId, error: &str, now_ns: u64) {
-        let at = self.tracing.clock.wall(now_ns);
-        end_span(self.requests.remove(id), at, Some(error));
+    pub fn fail(&self, mut span: RequestSpan, error: &str, now_ns: u64) {
+        if span.0.is_recording() {
+            span.0.set_status(Status::error(error.to_owned()));
+            span.0.end_with_timestamp(self.tracing.clock.wall(now_ns));
+        }
     }
 
     /// Open, fill and close `scheduler_steps_<n>` windows from the scheduler's step records;
@@ -384,7 +396,9 @@ impl CoreSpans {
                             ),
                         ])
                         .start_with_context(steps, &Context::new());
-                    end_span(self.window.replace(span), at, None);
+                    if let Some(mut previous) = self.window.replace(span) {
+                        previous.end_with_timestamp(at);
+                    }
                 }
                 StepEvent::BatchSummary(summary) => {
                     if let Some(span) = self.window.as_mut() {
@@ -410,28 +424,12 @@ impl CoreSpans {
             }
         }
     }
-
-    /// `llm_core` spans open now.
-    pub fn open_requests(&self) -> usize {
-        self.requests.len()
-    }
-}
-
-fn end_span(span: Option<Span>, at: SystemTime, error: Option<&str>) {
-    if let Some(mut span) = span {
-        if let Some(error) = error {
-            span.set_status(Status::error(error.to_owned()));
-        }
-        span.end_with_timestamp(at);
-    }
 }
 
 impl Drop for CoreSpans {
     fn drop(&mut self) {
-        let at = SystemTime::now();
-        for (_, span) in self.requests.drain() {
-            end_span(Some(span), at, Some("the engine stopped"));
+        if let Some(mut window) = self.window.take() {
+            window.end();
         }
-        end_span(self.window.take(), at, None);
     }
 }

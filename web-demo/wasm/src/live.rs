@@ -115,10 +115,10 @@ pub async fn run<B: SchedulerBackend + 'static>(
                 ..NewRequest::new(arrival.id, prompt)
             };
             let sampling = SamplingParams::default();
-            write(
-                &mut journeys,
-                &engine.add(EngineRequest { request, sampling }, at)?,
-            );
+            let queued = engine
+                .add(EngineRequest { request, sampling }, (), at)
+                .map_err(|refused| refused.error)?;
+            write(&mut journeys, &queued);
         }
         if engine.num_unfinished() == 0 {
             match arrivals.next_at() {
