@@ -25,7 +25,7 @@ macro_rules! unchanged {
     };
 }
 
-unchanged!(u32, u64, i32, f64, bool, String);
+unchanged!(u8, u32, u64, i32, f64, bool, String);
 
 impl Convert<RequestId> for String {
     fn convert(self) -> RequestId {
