@@ -63,36 +63,53 @@ fn prefill(
     Ok(())
 }
 
-/// Time `cycles` steady-decode cycles after `warmup` untimed ones.
-pub fn measure(
-    backend: &mut dyn SchedulerBackend,
+/// Cycles a backend runs before the next takes its turn: enough to keep its caches warm, few
+/// enough that a busy spell of a shared machine falls on every backend alike.
+const TURN: u32 = 50;
+
+/// Time `cycles` steady-decode cycles of each backend after `warmup` untimed ones, the backends
+/// taking turns of [`TURN`] cycles.
+pub fn measure_side_by_side(
+    backends: &mut [&mut dyn SchedulerBackend],
     running: u32,
     warmup: u32,
     cycles: u32,
-) -> Result<Figures, BackendError> {
-    prefill(backend, running, warmup + cycles)?;
+) -> Result<Vec<Figures>, BackendError> {
+    for backend in backends.iter_mut() {
+        prefill(*backend, running, warmup + cycles)?;
+    }
     let sampled = ModelOutput {
         sampled_token_ids: vec![Some(7); running as usize],
     };
-    let mut samples = Vec::with_capacity(cycles as usize);
-    for cycle in 0..warmup + cycles {
-        let now = u64::from(cycle + 1) * 1_000_000;
-        let start = Instant::now();
-        let output = backend.schedule(now)?;
-        let engine = backend.update_from_output(&sampled, now + 1)?;
-        let elapsed = start.elapsed();
-        debug_assert_eq!(output.batch.len(), running as usize);
-        drop((output, engine));
-        if cycle >= warmup {
-            samples.push(elapsed);
+    let mut samples = vec![Vec::with_capacity(cycles as usize); backends.len()];
+    let total = warmup + cycles;
+    for turn_start in (0..total).step_by(TURN as usize) {
+        for (backend, samples) in backends.iter_mut().zip(&mut samples) {
+            for cycle in turn_start..total.min(turn_start + TURN) {
+                let now = u64::from(cycle + 1) * 1_000_000;
+                let start = Instant::now();
+                let output = backend.schedule(now)?;
+                let engine = backend.update_from_output(&sampled, now + 1)?;
+                let elapsed = start.elapsed();
+                debug_assert_eq!(output.batch.len(), running as usize);
+                drop((output, engine));
+                if cycle >= warmup {
+                    samples.push(elapsed);
+                }
+            }
         }
     }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Ok(Figures {
-        median: at(0.5),
-        p99: at(0.99),
-    })
+    Ok(samples
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort_unstable();
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+            Figures {
+                median: at(0.5),
+                p99: at(0.99),
+            }
+        })
+        .collect())
 }
 
 /// Prefill and decode throughput of the model runner alone (no scheduler).

@@ -612,6 +612,7 @@ fn conformance(cli: &Cli, component: &str) -> Result<ExitCode> {
 }
 
 fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Result<ExitCode> {
+    anyhow::ensure!(cycles > 0, "--cycles must be at least 1");
     let runtime = runtime(cli)?;
     let module = spec
         .load(&runtime)?
@@ -621,7 +622,10 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
         "fair" => PolicyKind::Fair,
         _ => PolicyKind::Fcfs,
     };
-    println!("steady decode, one schedule + update_from_output cycle; {cycles} timed cycles each");
+    println!(
+        "steady decode, one schedule + update_from_output cycle; {cycles} timed cycles each, \
+         the backends taking turns of 50"
+    );
     println!(
         "{:>8}  {:>12} {:>10}  {:>12} {:>10}  {:>10}",
         "running", "native p50", "p99", "wasm p50", "p99", "wasm/native"
@@ -631,8 +635,9 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
         let config = bench::decode_config(n, warmup + cycles);
         let mut native = SchedulerSpec::Native(policy).open(None, config)?;
         let mut wasm = spec.open(Some(&module), config)?;
-        let native_figures = bench::measure(native.as_mut(), n, warmup, cycles)?;
-        let wasm_figures = bench::measure(wasm.as_mut(), n, warmup, cycles)?;
+        let figures =
+            bench::measure_side_by_side(&mut [native.as_mut(), wasm.as_mut()], n, warmup, cycles)?;
+        let (native_figures, wasm_figures) = (figures[0], figures[1]);
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
             "{n:>8}  {:>10.2}µs {:>8.2}µs  {:>10.2}µs {:>8.2}µs  {:>10.2}×",
