@@ -17,6 +17,24 @@ pub struct Figures {
     pub median: Duration,
     /// 99th percentile.
     pub p99: Duration,
+    /// Median time of the cycle's `schedule` call alone.
+    pub schedule_median: Duration,
+    /// Median time of the cycle's `update_from_output` call alone.
+    pub update_median: Duration,
+}
+
+/// One cycle's times: whole, `schedule`, `update_from_output`.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    cycle: Duration,
+    schedule: Duration,
+    update: Duration,
+}
+
+fn median_of(samples: &[Sample], part: fn(&Sample) -> Duration) -> Duration {
+    let mut times: Vec<Duration> = samples.iter().map(part).collect();
+    times.sort_unstable();
+    times[(times.len() - 1) / 2]
 }
 
 /// A configuration with room for `running` requests to decode `cycles` tokens each.
@@ -89,12 +107,17 @@ pub fn measure_side_by_side(
                 let now = u64::from(cycle + 1) * 1_000_000;
                 let start = Instant::now();
                 let output = backend.schedule(now)?;
+                let scheduled = Instant::now();
                 let engine = backend.update_from_output(&sampled, now + 1)?;
-                let elapsed = start.elapsed();
+                let end = Instant::now();
                 debug_assert_eq!(output.batch.len(), running as usize);
                 drop((output, engine));
                 if cycle >= warmup {
-                    samples.push(elapsed);
+                    samples.push(Sample {
+                        cycle: end - start,
+                        schedule: scheduled - start,
+                        update: end - scheduled,
+                    });
                 }
             }
         }
@@ -102,11 +125,13 @@ pub fn measure_side_by_side(
     Ok(samples
         .into_iter()
         .map(|mut samples| {
-            samples.sort_unstable();
-            let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+            samples.sort_unstable_by_key(|sample| sample.cycle);
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].cycle;
             Figures {
                 median: at(0.5),
                 p99: at(0.99),
+                schedule_median: median_of(&samples, |sample| sample.schedule),
+                update_median: median_of(&samples, |sample| sample.update),
             }
         })
         .collect())

@@ -627,8 +627,8 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
          the backends taking turns of 50"
     );
     println!(
-        "{:>8}  {:>12} {:>10}  {:>12} {:>10}  {:>10}",
-        "running", "native p50", "p99", "wasm p50", "p99", "wasm/native"
+        "{:>8}  {:>12} {:>10}  {:>12} {:>10}  {:>11}  {:>9} {:>9}",
+        "running", "native p50", "p99", "wasm p50", "p99", "wasm/native", "schedule", "update"
     );
     let warmup = cycles / 10;
     for &n in running {
@@ -639,13 +639,18 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
             bench::measure_side_by_side(&mut [native.as_mut(), wasm.as_mut()], n, warmup, cycles)?;
         let (native_figures, wasm_figures) = (figures[0], figures[1]);
         let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let ratio = |part: fn(&bench::Figures) -> Duration| {
+            us(part(&wasm_figures)) / us(part(&native_figures))
+        };
         println!(
-            "{n:>8}  {:>10.2}µs {:>8.2}µs  {:>10.2}µs {:>8.2}µs  {:>10.2}×",
+            "{n:>8}  {:>10.2}µs {:>8.2}µs  {:>10.2}µs {:>8.2}µs  {:>10.2}×  {:>8.2}× {:>8.2}×",
             us(native_figures.median),
             us(native_figures.p99),
             us(wasm_figures.median),
             us(wasm_figures.p99),
-            us(wasm_figures.median) / us(native_figures.median),
+            ratio(|figures| figures.median),
+            ratio(|figures| figures.schedule_median),
+            ratio(|figures| figures.update_median),
         );
     }
     Ok(ExitCode::SUCCESS)
