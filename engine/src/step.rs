@@ -29,9 +29,9 @@ pub struct EngineRequest {
     pub sampling: SamplingParams,
 }
 
-/// A finished request, with the payload it was submitted with.
+/// A finished request.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Completion<P = ()> {
+pub struct Completion {
     /// Request id.
     pub id: RequestId,
     /// Generated tokens.
@@ -48,37 +48,6 @@ pub struct Completion<P = ()> {
     pub finish_ns: u64,
     /// Prompt tokens.
     pub prompt_len: usize,
-    /// What the caller attached to the request.
-    pub payload: P,
-}
-
-impl<P> Completion<P> {
-    /// The completion without its payload, and the payload.
-    pub fn into_parts(self) -> (Completion, P) {
-        let Self {
-            id,
-            token_ids,
-            finish_status,
-            arrival_ns,
-            first_scheduled_ns,
-            first_token_ns,
-            finish_ns,
-            prompt_len,
-            payload,
-        } = self;
-        let completion = Completion {
-            id,
-            token_ids,
-            finish_status,
-            arrival_ns,
-            first_scheduled_ns,
-            first_token_ns,
-            finish_ns,
-            prompt_len,
-            payload: (),
-        };
-        (completion, payload)
-    }
 }
 
 /// A token one request produced in a step.
@@ -86,8 +55,6 @@ impl<P> Completion<P> {
 pub struct NewToken {
     /// Request id.
     pub id: RequestId,
-    /// The scheduler's handle of the request.
-    pub handle: RequestHandle,
     /// The sampled token.
     pub token_id: u32,
 }
@@ -105,8 +72,9 @@ struct Running<P> {
 }
 
 impl<P> Running<P> {
-    fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> Completion<P> {
-        Completion {
+    /// The request's completion, and its payload back.
+    fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> (Completion, P) {
+        let completion = Completion {
             id: self.id,
             token_ids: self.tokens[self.prompt_len..].to_vec(),
             finish_status,
@@ -115,8 +83,8 @@ impl<P> Running<P> {
             first_token_ns: self.first_token_ns,
             finish_ns,
             prompt_len: self.prompt_len,
-            payload: self.payload,
-        }
+        };
+        (completion, self.payload)
     }
 }
 
@@ -139,8 +107,8 @@ pub struct StepResult<P = ()> {
     pub tokens: Vec<NewToken>,
     /// When the step's tokens were produced (after the model ran).
     pub tokens_ns: u64,
-    /// Requests that finished in this step.
-    pub finished: Vec<Completion<P>>,
+    /// Requests that finished in this step, each with its payload.
+    pub finished: Vec<(Completion, P)>,
     /// Requests preempted in this step.
     pub preempted: Vec<RequestId>,
     /// Journey events of the step's scheduler calls.
@@ -152,8 +120,8 @@ pub struct StepResult<P = ()> {
 /// Requests finished from outside the step loop.
 #[derive(Debug)]
 pub struct Finished<P = ()> {
-    /// The requests, with what they had produced.
-    pub completions: Vec<Completion<P>>,
+    /// The requests, with what they had produced, each with its payload.
+    pub completions: Vec<(Completion, P)>,
     /// Their FINISHED events.
     pub journey_events: Vec<JourneyEvent>,
 }
@@ -235,17 +203,17 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         self.requests.len()
     }
 
-    /// A live request's payload.
-    pub fn payload_mut(&mut self, handle: RequestHandle) -> Option<&mut P> {
-        self.requests
-            .get_mut(&handle)
-            .map(|running| &mut running.payload)
+    /// Whether the engine holds request `id` (submitted, not yet finished).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.handles.contains_key(id)
     }
 
-    /// A live request's payload, by request id.
-    pub fn payload_by_id_mut(&mut self, id: &str) -> Option<&mut P> {
-        let handle = *self.handles.get(id)?;
-        self.payload_mut(handle)
+    /// A live request's payload.
+    pub fn payload_mut(&mut self, id: &str) -> Option<&mut P> {
+        let handle = self.handles.get(id)?;
+        self.requests
+            .get_mut(handle)
+            .map(|running| &mut running.payload)
     }
 
     /// Submit a request with its payload; its QUEUED event is returned. A refused request's
@@ -424,7 +392,6 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             running.first_token_ns.get_or_insert(now);
             result.tokens.push(NewToken {
                 id: running.id.clone(),
-                handle,
                 token_id,
             });
             if let Some(finish) = finish {
@@ -446,7 +413,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     ) -> Result<Finished<P>, BackendError> {
         let ids: Vec<String> = ids
             .iter()
-            .filter(|id| self.handles.contains_key(*id))
+            .filter(|id| self.is_live(id))
             .map(|id| id.to_string())
             .collect();
         if ids.is_empty() {

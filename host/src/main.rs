@@ -360,7 +360,7 @@ fn generate_command(cli: &Cli, args: &GenerateArgs) -> Result<ExitCode> {
     while engine.num_unfinished() > 0 {
         let step = engine.step(clock(), clock)?;
         write_events(&step.journey_events)?;
-        for done in step.finished {
+        for (done, ()) in step.finished {
             let line = serde_json::json!({
                 "id": &*done.id,
                 "text": vocabulary.decode(&done.token_ids),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::test_device;
+use common::tiny_random_model;
 
 use std::collections::BTreeMap;
 
@@ -13,8 +13,8 @@ use waypoint::backend::NativeBackend;
 use waypoint::builtin::builtin_policy;
 use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
+use waypoint::model::encode_bytes;
 use waypoint::model::sampling::SamplingParams;
-use waypoint::model::{encode_bytes, Model, ModelConfig, Weights};
 use waypoint_scheduler::{JourneyConfig, JourneyEventType, NewRequest, SchedulerConfig};
 
 fn prompts() -> Vec<(String, Vec<u32>)> {
@@ -68,13 +68,7 @@ fn generate_stepping(
     config: SchedulerConfig,
     stepping: Stepping,
 ) -> (BTreeMap<String, Vec<u32>>, usize) {
-    let device = test_device();
-    let model_config = ModelConfig::tiny();
-    let model = Model::new(
-        model_config,
-        Weights::random(&model_config, 3, &device),
-        device,
-    );
+    let model = tiny_random_model();
     let backend: Box<dyn waypoint::backend::SchedulerBackend> = match engine_backend {
         "native" => Box::new(NativeBackend::new(config).expect("valid config")),
         policy => {
@@ -119,7 +113,7 @@ fn generate_stepping(
             .iter()
             .filter(|e| e.event_type == JourneyEventType::Preempted)
             .count();
-        for done in step.finished {
+        for (done, ()) in step.finished {
             outputs.insert(done.id.to_string(), done.token_ids);
         }
     }

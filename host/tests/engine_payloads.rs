@@ -7,11 +7,10 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::test_device;
+use common::tiny_random_model;
 use waypoint::backend::{BackendError, NativeBackend};
 use waypoint::engine::{Engine, EngineRequest, Refused, Reloaded};
 use waypoint::model::sampling::SamplingParams;
-use waypoint::model::{Model, ModelConfig, Weights};
 use waypoint_scheduler::{FinishStatus, NewRequest, SchedulerConfig};
 
 /// A payload that counts how many of its kind are alive.
@@ -57,13 +56,7 @@ fn every_payload_comes_back_once_on_each_way_out() {
         num_blocks: 256,
         ..SchedulerConfig::default()
     };
-    let device = test_device();
-    let model_config = ModelConfig::tiny();
-    let model = Model::new(
-        model_config,
-        Weights::random(&model_config, 3, &device),
-        device,
-    );
+    let model = tiny_random_model();
     let backend = Box::new(NativeBackend::new(config).expect("valid config"));
     let mut engine: Engine<NativeBackend, Tracked> = Engine::new(backend, model, &config);
     let alive = Arc::new(AtomicUsize::new(0));
@@ -95,21 +88,23 @@ fn every_payload_comes_back_once_on_each_way_out() {
             break step.finished;
         }
     };
-    let ids: Vec<&str> = finished.iter().map(|done| done.payload.id).collect();
+    let ids: Vec<&str> = finished.iter().map(|(_, payload)| payload.id).collect();
     assert_eq!(ids, ["short"]);
-    assert_eq!(finished[0].token_ids.len(), 2);
+    assert_eq!(finished[0].0.token_ids.len(), 2);
     drop(finished);
     assert_eq!(alive.load(Ordering::SeqCst), 3);
 
     let aborted = engine
         .finish(&["aborted".into()], FinishStatus::Aborted, now + 1)
         .expect("finish");
-    let ids: Vec<&str> = aborted.completions.iter().map(|c| c.payload.id).collect();
+    let ids: Vec<&str> = aborted
+        .completions
+        .iter()
+        .map(|(_, payload)| payload.id)
+        .collect();
     assert_eq!(ids, ["aborted"]);
     assert_eq!(
-        engine
-            .payload_by_id_mut("aborted")
-            .map(|payload| payload.id),
+        engine.payload_mut("aborted").map(|payload| payload.id),
         None
     );
     drop(aborted);

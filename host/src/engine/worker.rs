@@ -273,15 +273,15 @@ struct Worker {
 /// The client of a request that is live, or that finishes in the step being handled.
 fn client_of<'a>(
     engine: &'a mut ServingEngine,
-    finishing: &'a mut [Completion<Client>],
+    finishing: &'a mut [(Completion, Client)],
     id: &str,
 ) -> Option<&'a mut Client> {
-    match engine.payload_by_id_mut(id) {
+    match engine.payload_mut(id) {
         Some(client) => Some(client),
         None => finishing
             .iter_mut()
-            .find(|completion| &*completion.id == id)
-            .map(|completion| &mut completion.payload),
+            .find(|(completion, _)| &*completion.id == id)
+            .map(|(_, client)| client),
     }
 }
 
@@ -335,7 +335,7 @@ impl Worker {
         match command {
             Command::Submit(submission) => self.submit(*submission),
             Command::Abort(id) => {
-                if self.engine.payload_by_id_mut(&id).is_none() {
+                if !self.engine.is_live(&id) {
                     return;
                 }
                 self.parts.metrics.request_aborted();
@@ -344,8 +344,7 @@ impl Worker {
                     // Nobody is listening: the span ends, and the stream goes with the record.
                     Ok(mut finished) => {
                         self.journey(&finished.journey_events, &mut finished.completions);
-                        for completion in finished.completions {
-                            let (completion, client) = completion.into_parts();
+                        for (completion, client) in finished.completions {
                             self.end_span(client, completion.finish_ns);
                         }
                     }
@@ -377,7 +376,7 @@ impl Worker {
         };
         match self.engine.add(request, client, now) {
             Ok(journey) => {
-                if let Some(client) = self.engine.payload_by_id_mut(&id) {
+                if let Some(client) = self.engine.payload_mut(&id) {
                     if let (Some(spans), Some(parent)) = (self.parts.spans.as_ref(), &trace_parent)
                     {
                         client.span = Some(spans.open(&id, parent, now));
@@ -434,11 +433,11 @@ impl Worker {
                 at_ns: tokens_ns,
             });
         }
-        for completion in finished {
-            self.complete(completion);
+        for (completion, client) in finished {
+            self.complete(completion, client);
         }
         // Those that finished in this step are no longer live, and need no stopping.
-        stopped.retain(|id| self.engine.payload_by_id_mut(id).is_some());
+        stopped.retain(|id| self.engine.is_live(id));
         if !stopped.is_empty() {
             match self
                 .engine
@@ -449,8 +448,8 @@ impl Worker {
                     journey_events,
                 }) => {
                     self.journey(&journey_events, &mut completions);
-                    for completion in completions {
-                        self.complete(completion);
+                    for (completion, client) in completions {
+                        self.complete(completion, client);
                     }
                 }
                 Err(error) => return self.fault(&error),
@@ -463,8 +462,7 @@ impl Worker {
     }
 
     /// Send a finished request's held-back text and its completion, and end its span.
-    fn complete(&mut self, completion: Completion<Client>) {
-        let (completion, mut client) = completion.into_parts();
+    fn complete(&mut self, completion: Completion, mut client: Client) {
         let rest = client.text.finish(&self.parts.vocabulary);
         if !rest.is_empty() {
             let _ = client.events.send(StreamEvent::Delta {
@@ -488,7 +486,7 @@ impl Worker {
 
     /// Write journey events to the log, and to the spans of the requests they name: live ones,
     /// or those in `finishing`.
-    fn journey(&mut self, events: &[JourneyEvent], finishing: &mut [Completion<Client>]) {
+    fn journey(&mut self, events: &[JourneyEvent], finishing: &mut [(Completion, Client)]) {
         if events.is_empty() {
             return;
         }
