@@ -24,17 +24,18 @@ pub struct Figures {
 }
 
 /// One cycle's times: whole, `schedule`, `update_from_output`.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone)]
 struct Sample {
     cycle: Duration,
     schedule: Duration,
     update: Duration,
 }
 
-fn median_of(samples: &[Sample], part: fn(&Sample) -> Duration) -> Duration {
+/// The `q` quantile of one part of the samples.
+fn quantile(samples: &[Sample], part: fn(&Sample) -> Duration, q: f64) -> Duration {
     let mut times: Vec<Duration> = samples.iter().map(part).collect();
     times.sort_unstable();
-    times[(times.len() - 1) / 2]
+    times[((times.len() - 1) as f64 * q).round() as usize]
 }
 
 /// A configuration with room for `running` requests to decode `cycles` tokens each.
@@ -124,15 +125,11 @@ pub fn measure_side_by_side(
     }
     Ok(samples
         .into_iter()
-        .map(|mut samples| {
-            samples.sort_unstable_by_key(|sample| sample.cycle);
-            let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].cycle;
-            Figures {
-                median: at(0.5),
-                p99: at(0.99),
-                schedule_median: median_of(&samples, |sample| sample.schedule),
-                update_median: median_of(&samples, |sample| sample.update),
-            }
+        .map(|samples| Figures {
+            median: quantile(&samples, |sample| sample.cycle, 0.5),
+            p99: quantile(&samples, |sample| sample.cycle, 0.99),
+            schedule_median: quantile(&samples, |sample| sample.schedule, 0.5),
+            update_median: quantile(&samples, |sample| sample.update, 0.5),
         })
         .collect())
 }
