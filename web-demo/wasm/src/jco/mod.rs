@@ -98,8 +98,20 @@ impl JcoTransport {
     {
         match call(&self.instance, method, args) {
             Ok(value) => Ok(decode::<W>(value)?.convert()),
-            Err(Thrown::Error(payload)) => Err(decode::<WE>(payload)?.convert().into()),
-            Err(Thrown::Fault(fault)) => Err(fault.into()),
+            Err(thrown) => Err(contract_error::<WE, E>(thrown)),
+        }
+    }
+
+    /// A static constructor of the `scheduler` resource, whose errors are `WE` (the crate's `E`).
+    fn construct<WE, E>(&self, method: &str, args: &[JsValue]) -> Result<JsValue, BackendError>
+    where
+        WE: for<'de> Deserialize<'de> + Convert<E>,
+        E: Into<BackendError>,
+    {
+        match call(&self.class, method, args) {
+            Ok(instance) if instance.is_object() => Ok(instance),
+            Ok(_) => Err(contract(format!("{method} returned no scheduler")).into()),
+            Err(thrown) => Err(contract_error::<WE, E>(thrown)),
         }
     }
 }
@@ -182,22 +194,6 @@ impl Transport for JcoTransport {
     }
 }
 
-impl JcoTransport {
-    /// A static constructor of the `scheduler` resource, whose errors are `WE` (the crate's `E`).
-    fn construct<WE, E>(&self, method: &str, args: &[JsValue]) -> Result<JsValue, BackendError>
-    where
-        WE: for<'de> Deserialize<'de> + Convert<E>,
-        E: Into<BackendError>,
-    {
-        match call(&self.class, method, args) {
-            Ok(instance) if instance.is_object() => Ok(instance),
-            Ok(_) => Err(contract(format!("{method} returned no scheduler")).into()),
-            Err(Thrown::Error(payload)) => Err(decode::<WE>(payload)?.convert().into()),
-            Err(Thrown::Fault(fault)) => Err(fault.into()),
-        }
-    }
-}
-
 /// The contract's record `T` from what a call returned or threw.
 fn decode<T: for<'de> Deserialize<'de>>(value: JsValue) -> Result<T, GuestFault> {
     format::from_js(value).map_err(|error| contract(error.to_string()))
@@ -231,6 +227,21 @@ fn describe(thrown: &JsValue) -> String {
         .map(|error| String::from(error.to_string()))
         .or_else(|| thrown.as_string())
         .unwrap_or_else(|| format!("{thrown:?}"))
+}
+
+/// A thrown value as the contract's error `WE` (the crate's `E`), or the fault it is.
+fn contract_error<WE, E>(thrown: Thrown) -> BackendError
+where
+    WE: for<'de> Deserialize<'de> + Convert<E>,
+    E: Into<BackendError>,
+{
+    match thrown {
+        Thrown::Error(payload) => match decode::<WE>(payload) {
+            Ok(error) => error.convert().into(),
+            Err(fault) => fault.into(),
+        },
+        Thrown::Fault(fault) => fault.into(),
+    }
 }
 
 fn fault(thrown: Thrown) -> BackendError {
