@@ -40,11 +40,12 @@ fn quantile(samples: &[Sample], part: fn(&Sample) -> Duration, q: f64) -> Durati
 
 /// A configuration with room for `running` requests to decode `cycles` tokens each.
 pub fn decode_config(running: u32, cycles: u32) -> SchedulerConfig {
-    let blocks_per_request = (PROMPT + cycles + 16).div_ceil(16) + 1;
+    let sequence_len = PROMPT + cycles + 16;
+    let blocks_per_request = sequence_len.div_ceil(16) + 1;
     SchedulerConfig {
         max_num_seqs: running,
         max_num_batched_tokens: (running * PROMPT).max(2048),
-        max_model_len: 4096,
+        max_model_len: sequence_len.max(4096),
         num_blocks: running * blocks_per_request + 256,
         ..SchedulerConfig::default()
     }

@@ -55,3 +55,13 @@ fn bench_refuses_zero_cycles_with_a_clear_error() {
     assert!(stderr.contains("--cycles must be at least 1"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_runs_more_cycles_than_the_default_model_length() {
+    let output = bench(&["--running", "2", "--cycles", "5000"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
