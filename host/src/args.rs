@@ -7,18 +7,32 @@ use waypoint_sim::settings::EngineSettings;
 /// Scheduler and KV cache settings.
 #[derive(Args, Clone, Debug)]
 pub struct EngineArgs {
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+    #[command(flatten)]
+    pub sequence: SequenceArgs,
+}
+
+/// The settings that size an engine: batch and cache (the ones `waypoint sweep` varies).
+#[derive(Args, Clone, Debug)]
+pub struct CapacityArgs {
     /// Most requests running at once.
     #[arg(long, default_value_t = 128)]
     pub max_num_seqs: u32,
     /// Token budget of one engine step.
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: u32,
-    /// Longest sequence (prompt and output) a request may reach.
-    #[arg(long, default_value_t = 4096)]
-    pub max_model_len: u32,
     /// KV cache blocks (block 0 is reserved).
     #[arg(long, alias = "num-gpu-blocks-override", default_value_t = 8192)]
     pub num_blocks: u32,
+}
+
+/// Sequence, block and prefill settings.
+#[derive(Args, Clone, Debug)]
+pub struct SequenceArgs {
+    /// Longest sequence (prompt and output) a request may reach.
+    #[arg(long, default_value_t = 4096)]
+    pub max_model_len: u32,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: u32,
@@ -36,20 +50,26 @@ pub struct EngineArgs {
     pub long_prefill_token_threshold: u32,
 }
 
-impl EngineArgs {
-    /// The scheduler configuration these flags describe, with journey tracing as given.
-    pub fn config(&self, journey: bool) -> SchedulerConfig {
+impl SequenceArgs {
+    /// The engine settings with this batch and cache size.
+    pub fn settings(&self, capacity: &CapacityArgs) -> EngineSettings {
         EngineSettings {
-            max_num_seqs: self.max_num_seqs,
-            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: capacity.max_num_seqs,
+            max_num_batched_tokens: capacity.max_num_batched_tokens,
             max_model_len: self.max_model_len,
-            num_blocks: self.num_blocks,
+            num_blocks: capacity.num_blocks,
             block_size: self.block_size,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             enable_chunked_prefill: !self.no_enable_chunked_prefill,
             long_prefill_token_threshold: self.long_prefill_token_threshold,
         }
-        .config(journey)
+    }
+}
+
+impl EngineArgs {
+    /// The scheduler configuration these flags describe, with journey tracing as given.
+    pub fn config(&self, journey: bool) -> SchedulerConfig {
+        self.sequence.settings(&self.capacity).config(journey)
     }
 }
 

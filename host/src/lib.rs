@@ -9,6 +9,7 @@ pub mod engine;
 pub mod guest;
 pub mod server;
 pub mod spec;
+pub mod sweep;
 pub mod telemetry;
 pub mod workload;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
-use waypoint::args::{EngineArgs, TracingArgs};
+use waypoint::args::{CapacityArgs, EngineArgs, SequenceArgs, TracingArgs};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use waypoint::sim::settings::SyntheticSettings;
 use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
+use waypoint::sweep;
 use waypoint::telemetry::metrics::Metrics;
 use waypoint::telemetry::traces::{CoreSpans, Tracing};
 use waypoint::telemetry::Clock;
@@ -57,6 +58,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Replay a workload through a scheduler in virtual time: journeys, reports, traces.
     Simulate(Box<SimulateArgs>),
+    /// Simulate a grid of configurations × request rates × schedulers on every core: a table,
+    /// a chart and each configuration's highest rate within the objectives.
+    Sweep(Box<SweepArgs>),
     /// Check a policy component against the scheduler contract, scenario by scenario.
     Conformance {
         /// A policy component file, or a built-in policy name (fcfs, priority, fair).
@@ -94,17 +98,12 @@ enum Command {
     },
 }
 
+/// The synthetic generator's flags, but its rate (one for `simulate`, a list for `sweep`).
 #[derive(clap::Args)]
-struct SimulateArgs {
-    /// A JSON Lines workload (see the README); without it a synthetic workload is generated.
-    #[arg(long)]
-    workload: Option<PathBuf>,
+struct SyntheticArgs {
     /// Synthetic: number of requests.
     #[arg(long, default_value_t = 1000)]
     num_requests: u64,
-    /// Synthetic: mean arrivals per second (inf: all at once).
-    #[arg(long, default_value_t = f64::INFINITY)]
-    request_rate: f64,
     /// Synthetic: gamma shape of inter-arrival times (1: Poisson; lower is burstier).
     #[arg(long, default_value_t = 1.0)]
     burstiness: f64,
@@ -132,6 +131,36 @@ struct SimulateArgs {
     /// Synthetic: seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl SyntheticArgs {
+    fn settings(&self, request_rate: f64) -> SyntheticSettings {
+        SyntheticSettings {
+            num_requests: self.num_requests,
+            request_rate: Some(request_rate),
+            burstiness: self.burstiness,
+            prompt_lengths: self.prompt_lengths.clone(),
+            output_lengths: self.output_lengths.clone(),
+            prefix_fraction: self.prefix_fraction,
+            prefix_groups: self.prefix_groups,
+            prefix_len: self.prefix_len,
+            priorities: self.priorities.clone(),
+            clients: self.clients.clone(),
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// A JSON Lines workload (see the README); without it a synthetic workload is generated.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Synthetic: mean arrivals per second (inf: all at once).
+    #[arg(long, default_value_t = f64::INFINITY)]
+    request_rate: f64,
+    #[command(flatten)]
+    synthetic: SyntheticArgs,
     /// The scheduler: native, native:<policy>, fcfs, priority, fair or a .wasm component.
     #[arg(long, default_value = "fcfs")]
     scheduler: SchedulerSpec,
@@ -162,21 +191,10 @@ struct SimulateArgs {
 
 impl SimulateArgs {
     fn synthetic(&self) -> Result<Synthetic> {
-        SyntheticSettings {
-            num_requests: self.num_requests,
-            request_rate: Some(self.request_rate),
-            burstiness: self.burstiness,
-            prompt_lengths: self.prompt_lengths.clone(),
-            output_lengths: self.output_lengths.clone(),
-            prefix_fraction: self.prefix_fraction,
-            prefix_groups: self.prefix_groups,
-            prefix_len: self.prefix_len,
-            priorities: self.priorities.clone(),
-            clients: self.clients.clone(),
-            seed: self.seed,
-        }
-        .synthetic()
-        .map_err(anyhow::Error::msg)
+        self.synthetic
+            .settings(self.request_rate)
+            .synthetic(self.engine.sequence.max_model_len)
+            .map_err(anyhow::Error::msg)
     }
 
     /// A fresh stream of the workload's arrivals (each run replays it from the start).
@@ -185,11 +203,52 @@ impl SimulateArgs {
             Some(path) => {
                 let file = std::fs::File::open(path)
                     .with_context(|| format!("opening {}", path.display()))?;
-                Box::new(read_workload(std::io::BufReader::new(file)))
+                Box::new(read_workload(
+                    std::io::BufReader::new(file),
+                    self.engine.sequence.max_model_len,
+                ))
             }
             None => Box::new(self.synthetic()?.arrivals().map(Ok)),
         })
     }
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Engine configurations: every combination of these three lists is one line of the chart.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    max_num_seqs: Vec<u32>,
+    /// Token budgets of one engine step.
+    #[arg(long, value_delimiter = ',', default_value = "2048")]
+    max_num_batched_tokens: Vec<u32>,
+    /// KV cache sizes in blocks.
+    #[arg(long, value_delimiter = ',', default_value = "8192")]
+    num_blocks: Vec<u32>,
+    /// Mean arrivals per second to offer each configuration.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    request_rate: Vec<f64>,
+    /// Schedulers: native, native:<policy>, fcfs, priority, fair or .wasm components.
+    #[arg(long, value_delimiter = ',', default_value = "fcfs")]
+    scheduler: Vec<SchedulerSpec>,
+    #[command(flatten)]
+    synthetic: SyntheticArgs,
+    /// Latency model JSON (fixed_us, prefill_token_us, decode_request_us, context_token_us).
+    #[arg(long)]
+    latency_model: Option<PathBuf>,
+    /// Time-to-first-token objective, ms.
+    #[arg(long, default_value_t = 2000.0)]
+    slo_ttft_ms: f64,
+    /// Time-per-output-token objective, ms.
+    #[arg(long, default_value_t = 100.0)]
+    slo_tpot_ms: f64,
+    /// Fraction of requests that must meet both objectives for a rate to pass.
+    #[arg(long, default_value_t = 0.9)]
+    slo_attainment: f64,
+    /// Folder for sweep.csv, sweep.json and sweep.svg.
+    #[arg(long, default_value = "sweep")]
+    out: PathBuf,
+    #[command(flatten)]
+    sequence: SequenceArgs,
 }
 
 #[derive(clap::Args)]
@@ -505,18 +564,94 @@ fn create_output(path: &Option<PathBuf>) -> Result<Option<std::io::BufWriter<std
         .transpose()
 }
 
-fn simulate_command(cli: &Cli, args: &SimulateArgs) -> Result<ExitCode> {
-    let latency = match &args.latency_model {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            LatencyModel::from_json(&text)
-                .with_context(|| format!("latency model {}", path.display()))?
-        }
-        None => LatencyModel::default(),
+fn latency_model(path: Option<&PathBuf>) -> Result<LatencyModel> {
+    let Some(path) = path else {
+        return Ok(LatencyModel::default());
     };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    LatencyModel::from_json(&text).with_context(|| format!("latency model {}", path.display()))
+}
+
+fn sweep_command(cli: &Cli, args: &SweepArgs) -> Result<ExitCode> {
+    let runtime = runtime(cli)?;
+    let schedulers = args
+        .scheduler
+        .iter()
+        .map(|spec| {
+            Ok(sweep::Scheduler {
+                module: spec.load(&runtime)?,
+                spec: spec.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let capacities = args
+        .max_num_seqs
+        .iter()
+        .flat_map(|&max_num_seqs| {
+            args.max_num_batched_tokens
+                .iter()
+                .flat_map(move |&max_num_batched_tokens| {
+                    args.num_blocks.iter().map(move |&num_blocks| CapacityArgs {
+                        max_num_seqs,
+                        max_num_batched_tokens,
+                        num_blocks,
+                    })
+                })
+        })
+        .collect::<Vec<_>>();
     let settings = Settings {
-        latency,
+        latency: latency_model(args.latency_model.as_ref())?,
+        slo: Slo {
+            ttft_ms: Some(args.slo_ttft_ms),
+            tpot_ms: Some(args.slo_tpot_ms),
+        },
+    };
+    let grid = sweep::Grid {
+        capacities: capacities
+            .iter()
+            .map(|capacity| sweep::Capacity {
+                max_num_seqs: capacity.max_num_seqs,
+                max_num_batched_tokens: capacity.max_num_batched_tokens,
+                num_blocks: capacity.num_blocks,
+            })
+            .collect(),
+        rates: args.request_rate.clone(),
+        schedulers,
+        engine: args.sequence.settings(&capacities[0]),
+        workload: args.synthetic.settings(f64::INFINITY),
+        settings,
+        attainment: args.slo_attainment,
+    };
+    let started = std::time::Instant::now();
+    let points = grid.run()?;
+    let elapsed = started.elapsed();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |name: &str, text: String| {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("sweep.csv", sweep::csv(&points)?)?;
+    write("sweep.json", serde_json::to_string_pretty(&points)? + "\n")?;
+    write(
+        "sweep.svg",
+        sweep::chart(&points, &settings, args.slo_attainment)?,
+    )?;
+    print!("{}", sweep::summary(&points));
+    println!(
+        "{} points in {:.1} s on {} threads; wrote sweep.csv, sweep.json and sweep.svg to {}",
+        points.len(),
+        elapsed.as_secs_f64(),
+        rayon::current_num_threads(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate_command(cli: &Cli, args: &SimulateArgs) -> Result<ExitCode> {
+    let settings = Settings {
+        latency: latency_model(args.latency_model.as_ref())?,
         slo: Slo {
             ttft_ms: args.slo_ttft_ms,
             tpot_ms: args.slo_tpot_ms,
@@ -543,7 +678,7 @@ fn simulate_command(cli: &Cli, args: &SimulateArgs) -> Result<ExitCode> {
         let progress = indicatif::ProgressBar::new(if args.workload.is_some() {
             0
         } else {
-            args.num_requests
+            args.synthetic.num_requests
         });
         progress.set_style(
             indicatif::ProgressStyle::with_template(
@@ -693,6 +828,7 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Simulate(args) => simulate_command(&cli, args),
+        Command::Sweep(args) => sweep_command(&cli, args),
         Command::Generate(args) => generate_command(&cli, args),
         Command::Serve(args) => serve_command(&cli, args),
         Command::Conformance { component } => conformance(&cli, component),

@@ -309,6 +309,18 @@ fn malformed_workload_lines_are_reported_with_their_line_number() {
             "output_len must be at least 1",
         ),
         ("not json", "expected ident"),
+        (
+            r#"{"id":"b","arrival_ms":1,"prompt_len":4000000000,"output_len":4}"#,
+            "a prompt of 4000000000 tokens does not fit max_model_len 4096",
+        ),
+        (
+            r#"{"id":"b","arrival_ms":1,"prompt_len":5000,"output_len":4}"#,
+            "a prompt of 5000 tokens does not fit max_model_len 4096",
+        ),
+        (
+            r#"{"id":"b","arrival_ms":1,"prompt_len":8,"output_len":4,"prefix_group":[1],"prefix_len":4}"#,
+            "a prefix group: a string or an integer",
+        ),
     ];
     for (bad, reason) in cases {
         let good = r#"{"id":"a","arrival_ms":0,"prompt_len":8,"output_len":4}"#;
@@ -388,19 +400,118 @@ fn a_request_the_scheduler_rejects_stops_the_run_with_its_reason() {
         "{}",
         run.stderr
     );
-    let path = workload_file(
-        &dir,
-        &[r#"{"id":"long","arrival_ms":0,"prompt_len":5000,"output_len":4}"#],
+}
+
+#[test]
+fn a_request_listed_after_a_later_one_stops_the_run_naming_both_lines() {
+    let dir = scratch("order");
+    for (late, early) in [
+        (r#""arrival_ms":40"#, r#""arrival_ms":0"#),
+        (r#""arrival_step":4"#, r#""arrival_step":0"#),
+    ] {
+        let path = workload_file(
+            &dir,
+            &[
+                &format!(r#"{{"id":"a",{late},"prompt_len":8,"output_len":4}}"#),
+                "",
+                &format!(r#"{{"id":"b",{early},"prompt_len":8,"output_len":4}}"#),
+            ],
+        );
+        let run = simulate("order-run", &["--workload", &path, "--scheduler", "fcfs"]);
+        assert!(!run.success, "{late} then {early} was accepted");
+        assert!(
+            run.stderr.contains(
+                r#"workload line 3: request "b" arrives before the request on line 1; list requests in arrival order"#
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn named_prefix_groups_share_their_prefix_like_numbered_ones() {
+    let dir = scratch("named-groups");
+    let lines = |group: &dyn Fn(u32) -> String| -> Vec<String> {
+        (0..12)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"r{i}","arrival_ms":{},"prompt_len":96,"output_len":4,"prefix_group":{},"prefix_len":64}}"#,
+                    i * 50,
+                    group(i % 3)
+                )
+            })
+            .collect()
+    };
+    let mut journeys = Vec::new();
+    for (name, group) in [
+        (
+            "named",
+            &(|g| format!(r#""system-prompt-{g}""#)) as &dyn Fn(u32) -> String,
+        ),
+        ("numbered", &(|g: u32| g.to_string())),
+    ] {
+        let lines = lines(group);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let path = workload_file(&dir, &lines);
+        let run = simulate(name, &["--workload", &path, "--scheduler", "fcfs"]);
+        assert!(run.success, "{}", run.stderr);
+        let hit_rate = run.report()["prefix_cache_hit_rate"]
+            .as_f64()
+            .expect("hit rate");
+        assert!(hit_rate > 0.4, "{name}: hit rate {hit_rate}");
+        journeys.push(run.file("journeys.jsonl"));
+    }
+    assert!(
+        journeys[0] == journeys[1],
+        "named and numbered groups schedule alike"
+    );
+}
+
+/// The figures of the real vLLM 0.33 scheduler on the same workload and flags
+/// (tests/fixtures/workloads/README.md).
+#[test]
+fn the_vllm_large_workload_runs_as_it_did_in_vllm() {
+    let workload = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/workloads/vllm-large.jsonl"
     );
     let run = simulate(
-        "rejected-long",
-        &["--workload", &path, "--scheduler", "native"],
+        "vllm-large",
+        &[
+            "--workload",
+            workload,
+            "--scheduler",
+            "native",
+            "--max-num-seqs",
+            "256",
+            "--max-num-batched-tokens",
+            "8192",
+            "--num-blocks",
+            "16384",
+            "--block-size",
+            "16",
+            "--max-model-len",
+            "4096",
+            "--long-prefill-token-threshold",
+            "0",
+            "--enable-prefix-caching",
+        ],
     );
-    assert!(!run.success);
-    assert!(
-        run.stderr
-            .contains("5000 prompt tokens; a prompt must be shorter than max_model_len (4096)"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.success, "{}", run.stderr);
+    let report = run.report();
+    assert_eq!(report["steps"], 2745);
+    assert_eq!(report["preemptions"], 187);
+    let journeys = run.journeys();
+    let preempted: std::collections::HashSet<_> = journeys
+        .iter()
+        .filter(|e| e.event_type == JourneyEventType::Preempted)
+        .map(|e| e.request_id.to_string())
+        .collect();
+    assert_eq!(preempted.len(), 169);
+    let finished = journeys
+        .iter()
+        .filter(|e| e.event_type == JourneyEventType::Finished)
+        .count();
+    assert_eq!(finished, 2000);
 }

@@ -44,12 +44,72 @@ pub enum Prompt {
         /// Prompt length.
         len: u32,
         /// Shared prefix group.
-        prefix_group: Option<u32>,
+        prefix_group: Option<PrefixGroup>,
         /// Shared prefix length.
         prefix_len: u32,
     },
     /// Explicit token ids.
     Tokens(Vec<u32>),
+}
+
+/// A shared-prefix group, named in a workload file by an integer or a string. Requests of one
+/// group share their prefix tokens; different groups never share a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixGroup {
+    /// Seeds the group's prefix tokens; integers and names hash into it with different tags.
+    seed: u64,
+}
+
+impl PrefixGroup {
+    /// The group with this number (`"prefix_group": 3`, or the generator's group 3).
+    pub fn numbered(index: u32) -> Self {
+        Self::keyed(b'#', &index.to_le_bytes())
+    }
+
+    /// The group with this name (`"prefix_group": "system-prompt-a"`).
+    pub fn named(name: &str) -> Self {
+        Self::keyed(b'$', name.as_bytes())
+    }
+
+    /// FNV-1a over a tag and the key: stable across versions and platforms, so a workload file
+    /// gives the same prompts everywhere.
+    fn keyed(tag: u8, key: &[u8]) -> Self {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let seed = [b"prefix-group:".as_slice(), &[tag], key]
+            .concat()
+            .iter()
+            .fold(OFFSET, |hash, &byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+            });
+        Self { seed }
+    }
+}
+
+impl<'de> Deserialize<'de> for PrefixGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = PrefixGroup;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a prefix group: a string or an integer from 0 to 4294967295")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<PrefixGroup, E> {
+                u32::try_from(value)
+                    .map(PrefixGroup::numbered)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<PrefixGroup, E> {
+                u64::try_from(value)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+                    .and_then(|value| self.visit_u64(value))
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<PrefixGroup, E> {
+                Ok(PrefixGroup::named(name))
+            }
+        }
+        deserializer.deserialize_any(Key)
+    }
 }
 
 /// Token ids the simulator never uses in prompts: EOS and the filler of generated text.
@@ -67,20 +127,13 @@ impl Prompt {
                 prefix_group,
                 prefix_len,
             } => {
-                let shared = if prefix_group.is_some() {
-                    (*prefix_len).min(*len)
-                } else {
-                    0
-                };
-                let group = prefix_group.unwrap_or(0);
-                let mut rng = Rng::new(unique.wrapping_mul(0x9e37_79b9).wrapping_add(1));
+                let shared = prefix_group.map_or(0, |_| (*prefix_len).min(*len));
+                let mut prefix = Rng::new(prefix_group.map_or(0, |group| group.seed));
+                let mut rest = Rng::new(unique.wrapping_mul(0x9e37_79b9).wrapping_add(1));
                 (0..*len)
                     .map(|i| {
-                        if i < shared {
-                            16 + (group.wrapping_mul(7919).wrapping_add(i) % 50_000)
-                        } else {
-                            16 + rng.below(50_000) as u32
-                        }
+                        let rng = if i < shared { &mut prefix } else { &mut rest };
+                        16 + rng.below(50_000) as u32
                     })
                     .collect()
             }
@@ -125,11 +178,18 @@ pub enum WorkloadError {
         /// What is wrong with it.
         message: String,
     },
-    /// Arrivals went back in time.
-    #[error("request {id:?} arrives before the request listed ahead of it; list requests in arrival order")]
+    /// A request is listed after one that arrives later.
+    #[error(
+        "workload line {line}: request {id:?} arrives before the request on line {previous_line}; \
+         list requests in arrival order (sort the file by arrival_ms or arrival_step)"
+    )]
     OutOfOrder {
-        /// The offending request.
+        /// 1-based line number of the request.
+        line: usize,
+        /// The request.
         id: String,
+        /// The line of the later arrival listed ahead of it.
+        previous_line: usize,
     },
 }
 
@@ -137,7 +197,6 @@ pub enum WorkloadError {
 /// come. Simulations and the browser's live mode admit requests through it.
 pub struct ArrivalQueue<I: Iterator<Item = Result<Arrival, WorkloadError>>> {
     pending: std::iter::Peekable<I>,
-    last_arrival_ns: u64,
 }
 
 impl<I: Iterator<Item = Result<Arrival, WorkloadError>>> ArrivalQueue<I> {
@@ -145,7 +204,6 @@ impl<I: Iterator<Item = Result<Arrival, WorkloadError>>> ArrivalQueue<I> {
     pub fn new(arrivals: I) -> Self {
         Self {
             pending: arrivals.peekable(),
-            last_arrival_ns: 0,
         }
     }
 
@@ -173,13 +231,7 @@ impl<I: Iterator<Item = Result<Arrival, WorkloadError>>> ArrivalQueue<I> {
             None => return Ok(None),
         };
         let at = match arrival.at {
-            ArrivalTime::Ns(t) if t < self.last_arrival_ns => {
-                return Err(WorkloadError::OutOfOrder { id: arrival.id })
-            }
-            ArrivalTime::Ns(t) => {
-                self.last_arrival_ns = t;
-                t
-            }
+            ArrivalTime::Ns(t) => t,
             ArrivalTime::Step(_) => now_ns,
         };
         Ok(Some((arrival, at)))
@@ -208,11 +260,13 @@ struct Line {
     priority: i32,
     #[serde(default)]
     client: u32,
-    prefix_group: Option<u32>,
+    prefix_group: Option<PrefixGroup>,
     prefix_len: Option<u32>,
 }
 
-fn parse_line(text: &str) -> Result<Arrival, String> {
+/// Check a line against `max_model_len` before its prompt is built, so a huge `prompt_len`
+/// is an error rather than an allocation.
+fn parse_line(text: &str, max_model_len: u32) -> Result<Arrival, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let at = match (line.arrival_ms, line.arrival_step) {
         (Some(ms), None) if ms.is_finite() && ms >= 0.0 => {
@@ -246,6 +300,13 @@ fn parse_line(text: &str) -> Result<Arrival, String> {
     if line.output_len == 0 {
         return Err("output_len must be at least 1".into());
     }
+    if prompt.len() >= max_model_len {
+        return Err(format!(
+            "a prompt of {} tokens does not fit max_model_len {max_model_len} (a prompt must \
+             leave room for one output token)",
+            prompt.len()
+        ));
+    }
     Ok(Arrival {
         id: line.id,
         at,
@@ -257,20 +318,60 @@ fn parse_line(text: &str) -> Result<Arrival, String> {
     })
 }
 
-/// The requests of a JSON Lines workload, in file order. Blank lines are skipped; a malformed
-/// line is an error naming its line number.
-pub fn read_workload(reader: impl BufRead) -> impl Iterator<Item = Result<Arrival, WorkloadError>> {
-    reader.lines().enumerate().filter_map(|(index, line)| {
+/// The requests of a JSON Lines workload, in file order, for a scheduler whose longest
+/// sequence is `max_model_len`. Blank lines are skipped; a malformed line, a prompt that
+/// cannot fit, or a request listed after a later one is an error naming its line number.
+///
+/// Out-of-order lines are refused rather than sorted: sorting would hold the whole file in
+/// memory, and a file out of order is more often a generator's bug than a wish.
+pub fn read_workload(
+    reader: impl BufRead,
+    max_model_len: u32,
+) -> impl Iterator<Item = Result<Arrival, WorkloadError>> {
+    let mut order = ArrivalOrder::default();
+    reader.lines().enumerate().filter_map(move |(index, line)| {
         let line_number = index + 1;
-        match line {
-            Err(error) => Some(Err(WorkloadError::Io(error))),
-            Ok(text) if text.trim().is_empty() => None,
-            Ok(text) => Some(parse_line(&text).map_err(|message| WorkloadError::Line {
-                line: line_number,
-                message,
-            })),
-        }
+        let text = match line {
+            Err(error) => return Some(Err(WorkloadError::Io(error))),
+            Ok(text) if text.trim().is_empty() => return None,
+            Ok(text) => text,
+        };
+        Some(
+            parse_line(&text, max_model_len)
+                .map_err(|message| WorkloadError::Line {
+                    line: line_number,
+                    message,
+                })
+                .and_then(|arrival| order.admit(arrival, line_number)),
+        )
     })
+}
+
+/// The latest arrival so far of each kind (time and step), with its line.
+#[derive(Default)]
+struct ArrivalOrder {
+    latest_ns: Option<(u64, usize)>,
+    latest_step: Option<(u64, usize)>,
+}
+
+impl ArrivalOrder {
+    fn admit(&mut self, arrival: Arrival, line: usize) -> Result<Arrival, WorkloadError> {
+        let (latest, at) = match arrival.at {
+            ArrivalTime::Ns(t) => (&mut self.latest_ns, t),
+            ArrivalTime::Step(k) => (&mut self.latest_step, k),
+        };
+        if let Some((previous, previous_line)) = *latest {
+            if at < previous {
+                return Err(WorkloadError::OutOfOrder {
+                    line,
+                    id: arrival.id,
+                    previous_line,
+                });
+            }
+        }
+        *latest = Some((at, line));
+        Ok(arrival)
+    }
 }
 
 /// A length distribution: `fixed:N`, `uniform:A-B`, or `sharegpt` (a built-in long-tailed shape).
@@ -333,6 +434,33 @@ impl Lengths {
                 .ok_or_else(bad);
         }
         Err(bad())
+    }
+
+    /// The longest length it gives.
+    pub fn largest(&self) -> u32 {
+        match *self {
+            Self::Fixed(n) => n,
+            Self::Uniform(_, b) => b,
+            Self::LogNormal { max, .. } => max,
+        }
+    }
+
+    /// A long-tailed shape cut at `longest`; fixed and uniform lengths as given.
+    pub fn fitted(self, longest: u32) -> Self {
+        match self {
+            Self::LogNormal {
+                median,
+                sigma,
+                min,
+                max,
+            } => Self::LogNormal {
+                median,
+                sigma,
+                min: min.min(longest),
+                max: max.min(longest),
+            },
+            other => other,
+        }
     }
 
     fn sample(&self, rng: &mut Rng) -> u32 {
@@ -469,7 +597,7 @@ impl Synthetic {
                 at: ArrivalTime::Ns((time_s * 1e9).round() as u64),
                 prompt: Prompt::Length {
                     len,
-                    prefix_group: shared.then_some(group),
+                    prefix_group: shared.then_some(PrefixGroup::numbered(group)),
                     prefix_len: if shared { self.prefix_len } else { 0 },
                 },
                 output_len,
@@ -487,7 +615,7 @@ mod tests {
 
     fn queue(lines: &str) -> ArrivalQueue<impl Iterator<Item = Result<Arrival, WorkloadError>>> {
         ArrivalQueue::new(
-            read_workload(lines.as_bytes())
+            read_workload(lines.as_bytes(), 4096)
                 .collect::<Vec<_>>()
                 .into_iter(),
         )
@@ -520,18 +648,141 @@ mod tests {
         assert_eq!(arrivals.next_at(), None);
     }
 
+    fn read(lines: &str) -> Vec<Result<Arrival, WorkloadError>> {
+        read_workload(lines.as_bytes(), 4096).collect()
+    }
+
     #[test]
-    fn an_arrival_listed_after_a_later_one_is_named() {
-        let mut arrivals = queue(concat!(
-            r#"{"id": "late", "arrival_ms": 10, "prompt_len": 4, "output_len": 1}"#,
+    fn an_arrival_listed_after_a_later_one_is_refused_with_both_lines() {
+        for (late, early) in [
+            ("\"arrival_ms\": 10", "\"arrival_ms\": 2"),
+            ("\"arrival_step\": 4", "\"arrival_step\": 0"),
+        ] {
+            let arrivals = read(&format!(
+                "{{\"id\": \"late\", {late}, \"prompt_len\": 4, \"output_len\": 1}}\n\n\
+                 {{\"id\": \"early\", {early}, \"prompt_len\": 4, \"output_len\": 1}}\n"
+            ));
+            assert!(arrivals[0].is_ok());
+            let error = arrivals[1].as_ref().expect_err("out of order");
+            assert!(
+                matches!(error, WorkloadError::OutOfOrder { line: 3, ref id, previous_line: 1 } if id == "early"),
+                "{error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("workload line 3: request \"early\""),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn time_and_step_arrivals_are_each_kept_in_order_on_their_own() {
+        let arrivals = read(concat!(
+            r#"{"id": "a", "arrival_ms": 50, "prompt_len": 4, "output_len": 1}"#,
             "\n",
-            r#"{"id": "early", "arrival_ms": 2, "prompt_len": 4, "output_len": 1}"#,
+            r#"{"id": "b", "arrival_step": 2, "prompt_len": 4, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "c", "arrival_ms": 60, "prompt_len": 4, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "d", "arrival_step": 2, "prompt_len": 4, "output_len": 1}"#,
         ));
-        assert!(arrivals.next_due(20_000_000, 0).expect("valid").is_some());
-        let error = arrivals.next_due(20_000_000, 0).expect_err("out of order");
+        assert!(arrivals.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn prefix_groups_may_be_named_by_strings_or_integers() {
+        let arrivals: Vec<Arrival> = read(concat!(
+            r#"{"id": "a", "arrival_ms": 0, "prompt_len": 40, "output_len": 1, "prefix_group": "system-prompt-a", "prefix_len": 32}"#,
+            "\n",
+            r#"{"id": "b", "arrival_ms": 0, "prompt_len": 40, "output_len": 1, "prefix_group": "system-prompt-a", "prefix_len": 32}"#,
+            "\n",
+            r#"{"id": "c", "arrival_ms": 0, "prompt_len": 40, "output_len": 1, "prefix_group": 7, "prefix_len": 32}"#,
+            "\n",
+            r#"{"id": "d", "arrival_ms": 0, "prompt_len": 40, "output_len": 1, "prefix_group": "7", "prefix_len": 32}"#,
+        ))
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("valid lines");
+        let prompts: Vec<Vec<u32>> = arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, arrival)| arrival.prompt.token_ids(i as u64))
+            .collect();
+        assert_eq!(
+            prompts[0][..32],
+            prompts[1][..32],
+            "one named group shares its prefix"
+        );
+        assert_ne!(prompts[0][32..], prompts[1][32..], "and nothing after it");
+        assert_ne!(
+            prompts[2][..16],
+            prompts[3][..16],
+            "group 7 and group \"7\" are different groups"
+        );
+        assert_ne!(prompts[0][..16], prompts[2][..16]);
+    }
+
+    #[test]
+    fn a_prefix_group_of_another_type_is_a_clear_line_error() {
+        let arrivals = read(
+            r#"{"id": "a", "arrival_ms": 0, "prompt_len": 40, "output_len": 1, "prefix_group": 1.5, "prefix_len": 8}"#,
+        );
+        let error = arrivals[0]
+            .as_ref()
+            .expect_err("a float is no group")
+            .to_string();
+        assert!(error.contains("workload line 1"), "{error}");
+        assert!(error.contains("a string or an integer"), "{error}");
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_model_is_refused_before_it_is_built() {
+        let arrivals = read(concat!(
+            r#"{"id": "a", "arrival_ms": 0, "prompt_len": 4000000000, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "b", "arrival_ms": 0, "prompt_len": 4096, "output_len": 1}"#,
+            "\n",
+            r#"{"id": "c", "arrival_ms": 0, "prompt_len": 4095, "output_len": 1}"#,
+        ));
+        let error = arrivals[0].as_ref().expect_err("too long").to_string();
         assert!(
-            matches!(error, WorkloadError::OutOfOrder { ref id } if id == "early"),
+            error.contains(
+                "workload line 1: a prompt of 4000000000 tokens does not fit max_model_len 4096"
+            ),
             "{error}"
         );
+        assert!(
+            arrivals[1].is_err(),
+            "a prompt must leave room for one output token"
+        );
+        assert!(arrivals[2].is_ok());
+    }
+
+    #[test]
+    fn synthetic_lengths_are_checked_against_the_model_length() {
+        let settings = |prompt_lengths: &str| crate::settings::SyntheticSettings {
+            num_requests: 10,
+            request_rate: None,
+            burstiness: 1.0,
+            prompt_lengths: prompt_lengths.into(),
+            output_lengths: "fixed:4".into(),
+            prefix_fraction: 0.0,
+            prefix_groups: 1,
+            prefix_len: 0,
+            priorities: "0".into(),
+            clients: "0".into(),
+            seed: 0,
+        };
+        let error = settings("fixed:4000000000")
+            .synthetic(4096)
+            .expect_err("too long");
+        assert!(error.contains("do not fit --max-model-len 4096"), "{error}");
+        assert!(settings("uniform:10-5000").synthetic(4096).is_err());
+        let fitted = settings("sharegpt")
+            .synthetic(256)
+            .expect("sharegpt is cut to fit");
+        assert!(fitted.arrivals().all(|arrival| arrival.prompt.len() < 256));
     }
 }

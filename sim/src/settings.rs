@@ -76,13 +76,30 @@ pub struct SyntheticSettings {
 }
 
 impl SyntheticSettings {
-    /// The generator, or what is wrong with a distribution or mix.
-    pub fn synthetic(&self) -> Result<Synthetic, String> {
+    /// The generator for a scheduler whose longest sequence is `max_model_len`, or what is
+    /// wrong with a distribution or mix. `sharegpt` prompts are cut to fit, as `vllm bench`
+    /// filters its dataset; a fixed or uniform length that cannot fit is an error.
+    pub fn synthetic(&self, max_model_len: u32) -> Result<Synthetic, String> {
+        let prompt_lengths =
+            Lengths::parse(&self.prompt_lengths, true)?.fitted(max_model_len.saturating_sub(1));
+        let shared_len = if self.prefix_fraction > 0.0 {
+            self.prefix_len.saturating_add(1)
+        } else {
+            0
+        };
+        let longest = prompt_lengths.largest().max(shared_len);
+        if longest >= max_model_len {
+            return Err(format!(
+                "prompts of up to {longest} tokens (--prompt-lengths {}, --prefix-len {}) do not \
+                 fit --max-model-len {max_model_len}",
+                self.prompt_lengths, self.prefix_len
+            ));
+        }
         Ok(Synthetic {
             num_requests: self.num_requests,
             request_rate: self.request_rate.unwrap_or(f64::INFINITY),
             burstiness: self.burstiness,
-            prompt_lengths: Lengths::parse(&self.prompt_lengths, true)?,
+            prompt_lengths,
             output_lengths: Lengths::parse(&self.output_lengths, false)?,
             prefix_fraction: self.prefix_fraction,
             prefix_groups: self.prefix_groups,

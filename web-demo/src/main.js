@@ -131,12 +131,14 @@ async function updateCommand() {
 
 async function run(event) {
   event.preventDefault();
-  const { spec } = await settings();
-  const policies = [$('policy').value, $('compare').value].filter(Boolean);
-  const live = $('mode').value === 'live';
+  // Before anything is awaited: the click shows at once, and a second click cannot start a run.
   $('run').disabled = true;
   $('stop').disabled = false;
+  status('reading the settings…');
   try {
+    const { spec } = await settings();
+    const policies = [$('policy').value, $('compare').value].filter(Boolean);
+    const live = $('mode').value === 'live';
     const runs = [];
     for (const policy of policies) {
       const label = live ? `${policy} · live on WebGPU` : policy;

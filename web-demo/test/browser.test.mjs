@@ -216,6 +216,49 @@ test('bad settings and a file that is no journey log get clear errors, and the p
   assert.equal(await tab.getByTestId('request-lane').count(), 10);
 });
 
+test('workload files as users write them: named prefix groups run as on the command line; out-of-order lines and oversized prompts are line-numbered errors', async () => {
+  const { page: tab, problems } = await page();
+  await tab.getByTestId('mode-select').selectOption('simulate');
+  await tab.getByTestId('policy-select').selectOption('fcfs');
+  const line = (id, arrival, promptLen, group) => JSON.stringify({
+    id, arrival_ms: arrival, prompt_len: promptLen, output_len: 6,
+    ...(group === undefined ? {} : { prefix_group: group, prefix_len: 48 }),
+  });
+  const named = join(scratch, 'named-groups.jsonl');
+  writeFileSync(named, Array.from({ length: 12 }, (_, i) => line(`r${i}`, i * 40, 80, `system-prompt-${i % 3}`)).join('\n'));
+  await tab.locator('#workload-file').setInputFiles(named);
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 12);
+  const download = tab.waitForEvent('download');
+  await tab.getByTestId('export-journeys').click();
+  const exported = join(scratch, 'named-exported.jsonl');
+  await (await download).saveAs(exported);
+  const command = (await tab.getByTestId('command').textContent()).trim().split(/\s+/);
+  const expected = join(scratch, 'named-expected.jsonl');
+  const args = command.slice(1).map((arg) => (arg === 'journeys.jsonl' ? expected : arg === 'named-groups.jsonl' ? named : arg));
+  execFileSync(waypoint, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  assert.ok(readFileSync(exported, 'utf8') === readFileSync(expected, 'utf8'), 'journeys differ from waypoint simulate');
+
+  for (const [name, lines, reason] of [
+    ['out-of-order.jsonl', [line('a', 40, 8), '', line('b', 0, 8)],
+      'workload line 3: request "b" arrives before the request on line 1'],
+    ['oversized.jsonl', [line('a', 0, 8), line('huge', 1, 4000000000)],
+      'workload line 2: a prompt of 4000000000 tokens does not fit max_model_len'],
+  ]) {
+    const path = join(scratch, name);
+    writeFileSync(path, lines.join('\n'));
+    await tab.locator('#workload-file').setInputFiles(path);
+    await tab.getByTestId('run').click();
+    await tab.getByTestId('status').filter({ hasText: reason }).waitFor({ timeout: 30_000 });
+    assert.equal(await tab.getByTestId('status').getAttribute('class'), 'error');
+  }
+  await tab.locator('#workload-file').setInputFiles([]);
+  await tab.getByTestId('workload-size').fill('10');
+  await runAndWait(tab);
+  assert.equal(await tab.getByTestId('request-lane').count(), 10);
+  assert.deepEqual(problems, []);
+});
+
 test('Stop ends a long live run and the next run works', async () => {
   const { page: tab, problems } = await page();
   await tab.getByTestId('mode-select').selectOption('live');

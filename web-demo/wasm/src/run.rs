@@ -81,10 +81,13 @@ impl SimulationSpec {
 
     /// The workload's arrivals, in order.
     pub fn arrivals(&self) -> Result<Vec<Result<Arrival, WorkloadError>>, RunError> {
+        let max_model_len = self.engine.max_model_len;
         Ok(match &self.workload {
-            WorkloadSpec::Jsonl(text) => read_workload(BufReader::new(text.as_bytes())).collect(),
+            WorkloadSpec::Jsonl(text) => {
+                read_workload(BufReader::new(text.as_bytes()), max_model_len).collect()
+            }
             WorkloadSpec::Synthetic(settings) => settings
-                .synthetic()
+                .synthetic(max_model_len)
                 .map_err(RunError::Settings)?
                 .arrivals()
                 .map(Ok)
