@@ -44,12 +44,28 @@ pub enum Vocabulary {
 impl Vocabulary {
     /// Tokens of `text` (special tokens such as BOS added as the tokenizer defines them).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.encode_with(text, true)
+    }
+
+    /// Tokens of `text`, with or without the tokenizer's special tokens.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
         match self {
             Self::Bytes => Ok(encode_bytes(text)),
             Self::Tokenizer(tokenizer) => tokenizer
-                .encode(text, true)
+                .encode(text, add_special_tokens)
                 .map(|encoding| encoding.get_ids().to_vec())
                 .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Each token's own string, as the tokenizer spells it (a byte's text for byte tokens).
+    pub fn token_strs(&self, tokens: &[u32]) -> Vec<String> {
+        match self {
+            Self::Bytes => tokens.iter().map(|&t| decode_bytes(&[t])).collect(),
+            Self::Tokenizer(tokenizer) => tokens
+                .iter()
+                .map(|&t| tokenizer.id_to_token(t).unwrap_or_default())
+                .collect(),
         }
     }
 

@@ -112,6 +112,9 @@ pub struct LogHistogram {
     counts: Vec<u64>,
     total: u64,
     sum: f64,
+    /// The last value recorded and its bucket: the tokens of one step share their gap, so
+    /// most records repeat the value before and skip the logarithm.
+    last: Option<(f64, usize)>,
 }
 
 const GROWTH: f64 = 1.001;
@@ -124,6 +127,7 @@ impl Default for LogHistogram {
             counts: Vec::new(),
             total: 0,
             sum: 0.0,
+            last: None,
         }
     }
 }
@@ -139,7 +143,11 @@ impl LogHistogram {
 
     /// Add a sample (ms).
     pub fn record(&mut self, value: f64) {
-        let bucket = Self::bucket(value);
+        let bucket = match self.last {
+            Some((last, bucket)) if last == value => bucket,
+            _ => Self::bucket(value),
+        };
+        self.last = Some((value, bucket));
         if bucket >= self.counts.len() {
             self.counts.resize(bucket + 1, 0);
         }

@@ -59,6 +59,8 @@ pub enum StreamEvent {
     Accepted {
         /// When (server clock, ns).
         at_ns: u64,
+        /// Its id: the one asked for, or with a suffix when a live request had it.
+        id: RequestId,
     },
     /// The scheduler refused it; nothing of it remains.
     Rejected(Rejection),
@@ -367,7 +369,9 @@ impl Worker {
                 return;
             }
         }
-        let id: RequestId = request.request.id.as_str().into();
+        let mut request = request;
+        let id = self.unused_id(&request.request.id);
+        request.request.id = id.to_string();
         let now = self.parts.clock.now_ns();
         let client = Client {
             events,
@@ -381,7 +385,10 @@ impl Worker {
                     {
                         client.span = Some(spans.open(&id, parent, now));
                     }
-                    let _ = client.events.send(StreamEvent::Accepted { at_ns: now });
+                    let _ = client.events.send(StreamEvent::Accepted {
+                        at_ns: now,
+                        id: id.clone(),
+                    });
                 }
                 self.journey(&journey, &mut []);
             }
@@ -398,6 +405,19 @@ impl Worker {
                 self.fault(&error);
             }
         }
+    }
+
+    /// `wanted`, or `wanted-1`, `wanted-2`, ... if a live request holds it: a client's
+    /// `X-Request-Id` names its request even when another client sent the same one.
+    fn unused_id(&self, wanted: &str) -> RequestId {
+        let wanted: RequestId = wanted.into();
+        if !self.engine.is_live(&wanted) {
+            return wanted;
+        }
+        (1u64..)
+            .map(|n| RequestId::from(format!("{wanted}-{n}").as_str()))
+            .find(|id| !self.engine.is_live(id))
+            .unwrap_or(wanted)
     }
 
     fn step(&mut self) {

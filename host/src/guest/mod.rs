@@ -12,7 +12,7 @@ mod convert;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -128,7 +128,8 @@ pub struct GuestRuntime {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     limits: GuestLimits,
-    _ticker: Arc<EpochTicker>,
+    /// Started with the first component loaded, so a native run has no epoch thread.
+    ticker: Arc<OnceLock<EpochTicker>>,
 }
 
 impl GuestRuntime {
@@ -141,7 +142,7 @@ impl GuestRuntime {
             Engine::new(&config).map_err(|e| anyhow::anyhow!("starting wasmtime: {e:?}"))?;
         Ok(Self {
             linker: Arc::new(Linker::new(&engine)),
-            _ticker: Arc::new(EpochTicker::start(engine.clone())),
+            ticker: Arc::new(OnceLock::new()),
             engine,
             limits,
         })
@@ -149,6 +150,8 @@ impl GuestRuntime {
 
     /// Compile a policy component and check it against the contract.
     pub fn load(&self, bytes: &[u8], origin: &str) -> Result<PolicyModule, BackendError> {
+        self.ticker
+            .get_or_init(|| EpochTicker::start(self.engine.clone()));
         let incompatible =
             |error: wasmtime::Error| GuestFault::Incompatible(format!("{origin}: {error:?}"));
         let component = Component::new(&self.engine, bytes).map_err(incompatible)?;

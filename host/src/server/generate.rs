@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,8 +18,8 @@ use opentelemetry::KeyValue;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use waypoint_scheduler::{NewRequest, RequestId};
 
-use super::protocol::{ChatRequest, CompletionRequest, Content, Prompt, Sampling, Usage};
-use super::{ApiError, AppState};
+use super::protocol::{ChatRequest, CompletionRequest, Content, Message, Prompt, Sampling, Usage};
+use super::{ApiError, AppState, REQUEST_ID};
 use crate::engine::worker::{finish_reason, Rejection, StreamEvent, Submission};
 use crate::engine::{Completion, EngineRequest};
 use crate::model::sampling::SamplingParams;
@@ -82,7 +82,7 @@ struct Prepared {
     include_usage: bool,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body =
@@ -91,16 +91,20 @@ fn parse<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
-/// A plain chat template that any byte- or BPE-tokenized model can follow.
-fn chat_prompt(request: &ChatRequest) -> Result<String, ApiError> {
-    if request.messages.is_empty() {
+/// A plain chat template that any byte- or BPE-tokenized model can follow; with
+/// `add_generation_prompt`, it ends by opening the assistant's turn.
+pub(super) fn chat_prompt(
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
+    if messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
             "messages must not be empty",
         ));
     }
     let mut prompt = String::new();
-    for message in &request.messages {
+    for message in messages {
         let text = match &message.content {
             None => String::new(),
             Some(Content::Text(text)) => text.clone(),
@@ -120,7 +124,9 @@ fn chat_prompt(request: &ChatRequest) -> Result<String, ApiError> {
         };
         prompt.push_str(&format!("<|{}|>\n{text}\n", message.role));
     }
-    prompt.push_str("<|assistant|>\n");
+    if add_generation_prompt {
+        prompt.push_str("<|assistant|>\n");
+    }
     Ok(prompt)
 }
 
@@ -152,16 +158,11 @@ fn prepare(
         }
         Endpoint::Chat => {
             let request: ChatRequest = parse(body)?;
-            let tokens = encode(app, &chat_prompt(&request)?)?;
+            let tokens = encode(app, &chat_prompt(&request.messages, true)?)?;
             (request.model, tokens, request.sampling)
         }
     };
-    if model != app.model_name {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("The model `{model}` does not exist."),
-        ));
-    }
+    app.check_model(&model)?;
     span.set_attributes([
         KeyValue::new("gen_ai.operation.name", endpoint.operation()),
         KeyValue::new("gen_ai.request.model", model),
@@ -496,6 +497,36 @@ fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The longest `X-Request-Id` taken.
+const MAX_REQUEST_ID_LEN: usize = 256;
+
+/// The client's `X-Request-Id`, if it sent one that can name a request.
+fn requested_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(&REQUEST_ID) else {
+        return Ok(None);
+    };
+    let id = value.to_str().ok().filter(|id| {
+        (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+    });
+    id.map(|id| Some(id.to_owned())).ok_or_else(|| {
+        ApiError::invalid_param(
+            "X-Request-Id",
+            format!(
+                "X-Request-Id must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters \
+                 without spaces"
+            ),
+        )
+    })
+}
+
+/// `response` with the request's id in `X-Request-Id`.
+fn echoed(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
 async fn serve(
     app: Arc<AppState>,
     endpoint: Endpoint,
@@ -508,14 +539,29 @@ async fn serve(
         (Some(tracing), true) => ApiSpan::start(tracing, endpoint.route(), &headers, arrival_ns),
         _ => ApiSpan::none(app.clock),
     };
-    let id = app.response_id(endpoint.id_prefix());
+    let requested = match requested_id(&headers) {
+        Ok(requested) => requested,
+        Err(error) => {
+            let id = app.response_id(endpoint.id_prefix());
+            return echoed(refuse(&mut span, &app, "validation_error", error), &id);
+        }
+    };
+    if let Some(requested) = &requested {
+        span.set_attributes([KeyValue::new(
+            "http.request.header.x-request-id",
+            strings([requested.clone()]),
+        )]);
+    }
+    let id = requested
+        .clone()
+        .unwrap_or_else(|| app.response_id(endpoint.id_prefix()));
     let prepared = match prepare(&app, endpoint, &headers, body, &id, &mut span) {
         Ok(prepared) => prepared,
-        Err(error) => return refuse(&mut span, &app, "validation_error", error),
+        Err(error) => return echoed(refuse(&mut span, &app, "validation_error", error), &id),
     };
     if let Some(reason) = app.engine.unavailable() {
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; retry"));
-        return refuse(&mut span, &app, "unavailable", error);
+        return echoed(refuse(&mut span, &app, "unavailable", error), &id);
     }
     let prompt_tokens = prepared.request.prompt_token_ids.len() as u64;
     let (sender, events) = unbounded_channel();
@@ -534,7 +580,7 @@ async fn serve(
     };
     if app.engine.submit(submission).is_err() {
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
-        return refuse(&mut span, &app, "unavailable", error);
+        return echoed(refuse(&mut span, &app, "unavailable", error), &id);
     }
     let mut flight = Flight {
         endpoint,
@@ -552,8 +598,27 @@ async fn serve(
         last_token_ns: None,
         text: String::new(),
     };
-    match flight.events.recv().await {
-        Some(StreamEvent::Accepted { at_ns }) => flight.span.event("api.HANDOFF_TO_CORE", at_ns),
+    let id = match flight.events.recv().await {
+        Some(StreamEvent::Accepted {
+            at_ns,
+            id: accepted,
+        }) => {
+            flight.span.event("api.HANDOFF_TO_CORE", at_ns);
+            let accepted = accepted.to_string();
+            if accepted != id {
+                flight.span.set_attributes([
+                    KeyValue::new("gen_ai.request.id", accepted.clone()),
+                    KeyValue::new("gen_ai.response.id", accepted.clone()),
+                ]);
+            }
+            flight.guard.id = accepted.as_str().into();
+            // A client's own id gets the endpoint's prefix in the body, as in vLLM.
+            flight.id = match requested {
+                Some(_) => format!("{}-{accepted}", endpoint.id_prefix()),
+                None => accepted.clone(),
+            };
+            accepted
+        }
         Some(StreamEvent::Rejected(rejection)) => {
             flight.guard.finished = true;
             let (reason, error) = match rejection {
@@ -563,21 +628,22 @@ async fn serve(
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
                 ),
             };
-            return refuse(&mut flight.span, &app, reason, error);
+            return echoed(refuse(&mut flight.span, &app, reason, error), &id);
         }
         _ => {
             flight.guard.finished = true;
             let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
-            return refuse(&mut flight.span, &app, "unavailable", error);
+            return echoed(refuse(&mut flight.span, &app, "unavailable", error), &id);
         }
-    }
-    if prepared.stream {
+    };
+    let response = if prepared.stream {
         Sse::new(sse(flight, prepared.include_usage))
             .keep_alive(KeepAlive::default())
             .into_response()
     } else {
         respond(flight).await
-    }
+    };
+    echoed(response, &id)
 }
 
 fn refuse(span: &mut ApiSpan, app: &AppState, reason: &'static str, error: ApiError) -> Response {

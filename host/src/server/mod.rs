@@ -3,12 +3,14 @@
 mod error;
 mod generate;
 pub mod protocol;
+mod vllm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +23,10 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::Tracing;
 use crate::telemetry::Clock;
 use crate::workload::Rng;
+
+/// The header that names a request: a completion takes it as its id, and every response
+/// carries it back.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every handler shares.
 pub struct AppState {
@@ -74,6 +80,18 @@ impl AppState {
         self.clock.since_epoch(self.clock.now_ns()).as_secs()
     }
 
+    /// A request naming another model than the one served is a 404, as in OpenAI's API.
+    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.model_name {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("The model `{model}` does not exist."),
+            ))
+        }
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(key) = &self.api_key else {
             return Ok(());
@@ -99,17 +117,32 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(vllm::tokenize))
+        .route("/detokenize", post(vllm::detokenize))
+        .route("/version", get(vllm::version))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(echo_request_id))
         .with_state(state)
+}
+
+/// Echo a sent `X-Request-Id` on responses that do not name their request themselves.
+async fn echo_request_id(request: Request, next: Next) -> Response {
+    let sent = request.headers().get(&REQUEST_ID).cloned();
+    let mut response = next.run(request).await;
+    if let Some(sent) = sent {
+        response.headers_mut().entry(&REQUEST_ID).or_insert(sent);
+    }
+    response
 }
 
 async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(error) = app.authorize(&headers) {
         return error.into_response();
     }
+    // vLLM's `ModelCard`, with the one permission entry vLLM gives every model.
     Json(serde_json::json!({
         "object": "list",
         "data": [{
@@ -118,7 +151,22 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
             "created": app.created,
             "owned_by": "waypoint",
             "root": app.model_name,
+            "parent": null,
             "max_model_len": app.max_model_len,
+            "permission": [{
+                "id": format!("modelperm-{:016x}", app.created),
+                "object": "model_permission",
+                "created": app.created,
+                "allow_create_engine": false,
+                "allow_sampling": true,
+                "allow_logprobs": false,
+                "allow_search_indices": false,
+                "allow_view": true,
+                "allow_fine_tuning": false,
+                "organization": "*",
+                "group": null,
+                "is_blocking": false,
+            }],
         }],
     }))
     .into_response()

@@ -162,3 +162,71 @@ impl Usage {
         }
     }
 }
+
+/// `POST /tokenize` with a prompt (vLLM's `TokenizeCompletionRequest`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TokenizeCompletion {
+    /// The served model's name, if given.
+    pub model: Option<String>,
+    /// The text.
+    pub prompt: String,
+    /// Add the tokenizer's special tokens (BOS); vLLM's default is yes.
+    #[serde(default = "yes")]
+    pub add_special_tokens: bool,
+    /// Also return each token's string.
+    #[serde(default)]
+    pub return_token_strs: bool,
+}
+
+/// `POST /tokenize` with a conversation, through the chat template (vLLM's
+/// `TokenizeChatRequest`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TokenizeChat {
+    /// The served model's name, if given.
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// End with the assistant's turn opening, as a generation would.
+    #[serde(default = "yes")]
+    pub add_generation_prompt: bool,
+    /// Add special tokens on top of the template's; vLLM's default is no.
+    #[serde(default)]
+    pub add_special_tokens: bool,
+    /// Also return each token's string.
+    #[serde(default)]
+    pub return_token_strs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /tokenize`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenizeResponse {
+    /// Number of tokens.
+    pub count: usize,
+    /// Longest sequence the server takes.
+    pub max_model_len: u32,
+    /// The token ids.
+    pub tokens: Vec<u32>,
+    /// Each token's string, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_strs: Option<Vec<String>>,
+}
+
+/// `POST /detokenize`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    /// The served model's name, if given.
+    pub model: Option<String>,
+    /// The token ids.
+    pub tokens: Vec<u32>,
+}
+
+/// `POST /detokenize`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DetokenizeResponse {
+    /// The text.
+    pub prompt: String,
+}

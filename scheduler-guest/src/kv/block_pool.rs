@@ -200,18 +200,20 @@ impl BlockPool {
         let Some(hash) = self.hashes[block as usize].take() else {
             return;
         };
-        let remove_entry = match self.cached.get_mut(&hash) {
-            Some(CachedBlocks::One(_)) | None => true,
-            Some(CachedBlocks::Many(blocks)) => {
+        // One probe: evicting is on the path of every block a step allocates.
+        let hashbrown::hash_map::Entry::Occupied(mut entry) = self.cached.entry(hash) else {
+            return;
+        };
+        match entry.get_mut() {
+            CachedBlocks::One(_) => {
+                entry.remove();
+            }
+            CachedBlocks::Many(blocks) => {
                 blocks.retain(|&b| b != block);
                 if let [last] = blocks[..] {
-                    self.cached.insert(hash, CachedBlocks::One(last));
+                    entry.insert(CachedBlocks::One(last));
                 }
-                false
             }
-        };
-        if remove_entry {
-            self.cached.remove(&hash);
         }
     }
 

@@ -1,0 +1,203 @@
+//! `waypoint serve` among vLLM's tools: `/tokenize`, `/detokenize`, `/version` and `/v1/models`
+//! in vLLM's shapes, and `X-Request-Id` naming a request's journey and coming back on every
+//! response.
+
+mod serving;
+
+use serving::Server;
+use waypoint_scheduler::JourneyEvent;
+
+fn json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    (status, response.json().expect("a JSON body"))
+}
+
+#[test]
+fn vllm_routes_answer_in_vllms_shapes_without_the_api_key() {
+    let server = Server::start(&["--api-key", "sesame", "--max-model-len", "512"], &[]);
+    let client = reqwest::blocking::Client::new();
+    let post = |route: &str, body: serde_json::Value| {
+        json(
+            client
+                .post(format!("{}/{route}", server.url))
+                .json(&body)
+                .send()
+                .expect("answer"),
+        )
+    };
+
+    let (status, body) = post(
+        "tokenize",
+        serde_json::json!({"model": "tiny", "prompt": "hi"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"count": 2, "max_model_len": 512, "tokens": [104, 105]})
+    );
+    let (_, body) = post(
+        "tokenize",
+        serde_json::json!({"prompt": "hi", "return_token_strs": true}),
+    );
+    assert_eq!(body["token_strs"], serde_json::json!(["h", "i"]), "{body}");
+
+    let chat = |add_generation_prompt: bool| {
+        post(
+            "tokenize",
+            serde_json::json!({
+                "messages": [{"role": "user", "content": "hi"}],
+                "add_generation_prompt": add_generation_prompt,
+            }),
+        )
+    };
+    let (status, with_prompt) = chat(true);
+    assert_eq!(status, 200, "{with_prompt}");
+    let expected = "<|user|>\nhi\n<|assistant|>\n";
+    assert_eq!(with_prompt["count"], expected.len());
+    let (_, without_prompt) = chat(false);
+    assert_eq!(without_prompt["count"], "<|user|>\nhi\n".len());
+
+    let (status, body) = post(
+        "tokenize",
+        serde_json::json!({"model": "other", "prompt": "x"}),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("other")));
+    let (status, body) = post("tokenize", serde_json::json!({"text": "x"}));
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = post("detokenize", serde_json::json!({"tokens": [104, 105]}));
+    assert_eq!((status, body), (200, serde_json::json!({"prompt": "hi"})));
+    let (status, body) = post("detokenize", serde_json::json!({"tokens": [104, 99999]}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tokens", "{body}");
+
+    let (status, body) = json(
+        client
+            .get(format!("{}/version", server.url))
+            .send()
+            .expect("answer"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+
+    let (status, models) = json(
+        client
+            .get(format!("{}/v1/models", server.url))
+            .bearer_auth("sesame")
+            .send()
+            .expect("answer"),
+    );
+    assert_eq!(status, 200);
+    let card = &models["data"][0];
+    for key in [
+        "id",
+        "object",
+        "created",
+        "owned_by",
+        "root",
+        "parent",
+        "max_model_len",
+        "permission",
+    ] {
+        assert!(
+            card.get(key).is_some(),
+            "the model card lacks {key}: {card}"
+        );
+    }
+    assert_eq!(card["object"], "model");
+    assert_eq!(card["max_model_len"], 512);
+    assert_eq!(card["permission"][0]["object"], "model_permission");
+    server.stop();
+}
+
+#[test]
+fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
+    let log =
+        std::env::temp_dir().join(format!("waypoint-request-ids-{}.jsonl", std::process::id()));
+    let server = Server::start(&["--journey-log", log.to_str().expect("utf-8 path")], &[]);
+    let client = reqwest::blocking::Client::new();
+    let completions = format!("{}/v1/completions", server.url);
+    let send = |id: &str, body: serde_json::Value| {
+        client
+            .post(&completions)
+            .header("X-Request-Id", id)
+            .json(&body)
+            .send()
+            .expect("answer")
+    };
+    let echoed = |response: &reqwest::blocking::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let short = serde_json::json!({"model": "tiny", "prompt": "hello", "max_tokens": 3});
+
+    let response = send("client-42", short.clone());
+    assert_eq!(echoed(&response).as_deref(), Some("client-42"));
+    let (status, body) = json(response);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "cmpl-client-42");
+
+    let mut streaming = short.clone();
+    streaming["stream"] = true.into();
+    let response = send("client-sse", streaming);
+    assert_eq!(echoed(&response).as_deref(), Some("client-sse"));
+    assert!(response.text().expect("the stream").contains("[DONE]"));
+
+    let response = send("bad-1", serde_json::json!({"model": "tiny"}));
+    assert_eq!(echoed(&response).as_deref(), Some("bad-1"));
+    assert_eq!(response.status(), 400);
+
+    let response = send("has space", short.clone());
+    assert!(echoed(&response).is_some_and(|id| id.starts_with("cmpl-")));
+    let (status, body) = json(response);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "X-Request-Id", "{body}");
+
+    // While one request holds an id, another that sends it gets a suffix.
+    let long = send(
+        "same",
+        serde_json::json!({"model": "tiny", "prompt": "hello", "max_tokens": 400, "stream": true, "ignore_eos": true}),
+    );
+    assert_eq!(echoed(&long).as_deref(), Some("same"));
+    let response = send("same", short.clone());
+    assert_eq!(echoed(&response).as_deref(), Some("same-1"));
+    let (_, body) = json(response);
+    assert_eq!(body["id"], "cmpl-same-1");
+    drop(long);
+
+    let response = client
+        .get(format!("{}/v1/models", server.url))
+        .header("X-Request-Id", "models-1")
+        .send()
+        .expect("answer");
+    assert_eq!(echoed(&response).as_deref(), Some("models-1"));
+    let response = client
+        .get(format!("{}/nowhere", server.url))
+        .header("X-Request-Id", "lost-1")
+        .send()
+        .expect("answer");
+    assert_eq!(response.status(), 404);
+    assert_eq!(echoed(&response).as_deref(), Some("lost-1"));
+    server.stop();
+
+    let journeys = std::fs::read_to_string(&log).expect("the journey log");
+    let ids: std::collections::BTreeSet<String> = journeys
+        .lines()
+        .map(|line| {
+            JourneyEvent::from_json_line(line)
+                .expect("a journey line")
+                .request_id
+                .to_string()
+        })
+        .collect();
+    for id in ["client-42", "client-sse", "same", "same-1"] {
+        assert!(ids.contains(id), "no journey for {id}: {ids:?}");
+    }
+    assert!(!ids.iter().any(|id| id.contains(' ')), "{ids:?}");
+}
