@@ -201,3 +201,76 @@ fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
     }
     assert!(!ids.iter().any(|id| id.contains(' ')), "{ids:?}");
 }
+
+/// The value of one counter of `/metrics`.
+fn counter(server: &Server, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    text.lines()
+        .find(|line| line.starts_with(&format!("{name}{{")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn cache_salt_keeps_prefix_cache_hits_within_one_salt() {
+    let server = Server::start(&[], &[]);
+    let client = reqwest::blocking::Client::new();
+    let prompt = "a shared system prompt long enough to fill several KV blocks of sixteen tokens";
+    let hits_for = |endpoint: &str, salt: Option<&str>| {
+        let before = counter(&server, "vllm:prefix_cache_hits_total");
+        let mut body = match endpoint {
+            "completions" => {
+                serde_json::json!({"model": "tiny", "prompt": prompt, "max_tokens": 2})
+            }
+            _ => serde_json::json!({
+                "model": "tiny",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 2,
+            }),
+        };
+        if let Some(salt) = salt {
+            body["cache_salt"] = salt.into();
+        }
+        let response = client
+            .post(format!(
+                "{}/v1/{}",
+                server.url,
+                endpoint.replace("chat", "chat/completions")
+            ))
+            .json(&body)
+            .send()
+            .expect("answer");
+        assert_eq!(response.status(), 200, "{:?}", response.text());
+        counter(&server, "vllm:prefix_cache_hits_total") - before
+    };
+    assert_eq!(
+        hits_for("completions", Some("tenant-a")),
+        0.0,
+        "a cold cache"
+    );
+    assert_eq!(
+        hits_for("completions", Some("tenant-b")),
+        0.0,
+        "another salt shares nothing"
+    );
+    assert_eq!(hits_for("completions", None), 0.0, "nor does no salt");
+    assert!(
+        hits_for("completions", Some("tenant-a")) >= 64.0,
+        "the same salt hits"
+    );
+    assert_eq!(hits_for("chat", Some("tenant-c")), 0.0);
+    assert!(hits_for("chat", Some("tenant-c")) >= 64.0);
+
+    let response = client
+        .post(format!("{}/v1/completions", server.url))
+        .json(&serde_json::json!({"model": "tiny", "prompt": "x", "cache_salt": ""}))
+        .send()
+        .expect("answer");
+    let (status, body) = json(response);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "cache_salt");
+    server.stop();
+}

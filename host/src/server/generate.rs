@@ -304,6 +304,16 @@ fn sampling_of(
             "min_tokens must not exceed max_tokens",
         ));
     }
+    if sampling
+        .cache_salt
+        .as_ref()
+        .is_some_and(|salt| salt.is_empty() || salt.len() > MAX_CACHE_SALT_LEN)
+    {
+        return Err(ApiError::invalid_param(
+            "cache_salt",
+            format!("cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_LEN} bytes"),
+        ));
+    }
     let seed = sampling.seed.unwrap_or_else(|| app.random());
     Ok(Prepared {
         request: NewRequest {
@@ -311,6 +321,7 @@ fn sampling_of(
             min_tokens: sampling.min_tokens,
             stop_token_ids: sampling.stop_token_ids,
             priority: sampling.priority,
+            cache_salt: sampling.cache_salt,
             eos_token_id: if sampling.ignore_eos {
                 None
             } else {
@@ -496,6 +507,10 @@ impl Flight {
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
+
+/// The longest `cache_salt` taken: it is hashed into a request's first block, not stored per
+/// block, but it still crosses into the scheduler with the request.
+const MAX_CACHE_SALT_LEN: usize = 1024;
 
 /// The longest `X-Request-Id` taken.
 const MAX_REQUEST_ID_LEN: usize = 256;

@@ -80,6 +80,8 @@ pub struct Sampling {
     /// Priority for the priority policy (lower first).
     #[serde(default)]
     pub priority: i32,
+    /// vLLM's prefix-cache isolation: only requests with the same salt share cached blocks.
+    pub cache_salt: Option<String>,
     /// Log probabilities are not supported; asking for them is an error.
     pub logprobs: Option<serde_json::Value>,
     /// Echoing the prompt is not supported.
