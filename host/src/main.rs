@@ -18,6 +18,7 @@ use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
 use waypoint::model::{open_device, DeviceChoice, LoadedModel, Model, ModelConfig, Weights};
+use waypoint::server::tenants::Tenants;
 use waypoint::server::{self, AppState};
 use waypoint::sim::arrivals::{read_workload, Arrival, Synthetic, WorkloadError};
 use waypoint::sim::latency::LatencyModel;
@@ -302,6 +303,13 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_request_body_bytes: usize,
+    /// The header that names a request's tenant; it wins over the body's `user` field. The
+    /// default is the Gateway API Inference Extension's fairness id, which llm-d's router sets.
+    #[arg(long, default_value = "x-gateway-inference-fairness-id")]
+    tenant_header: String,
+    /// Tenants that each get their own scheduler client index; later ones share one more.
+    #[arg(long, default_value_t = 16)]
+    max_tenants: u32,
     /// Write the canonical journey JSON Lines of every sampled request here.
     #[arg(long)]
     journey_log: Option<PathBuf>,
@@ -489,6 +497,11 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 },
             )
             .context("starting the engine thread")?;
+            let tenants = Tenants::new(
+                axum::http::HeaderName::try_from(args.tenant_header.as_str())
+                    .with_context(|| format!("--tenant-header {:?}", args.tenant_header))?,
+                args.max_tenants,
+            );
             let state = Arc::new(AppState {
                 engine: handle,
                 vocabulary,
@@ -497,6 +510,7 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 vocab_size: model_config.vocab_size,
                 eos_token_id: loaded.eos_token_id,
                 api_key: args.api_key.clone(),
+                tenants,
                 clock,
                 metrics,
                 tracing: tracing.clone(),

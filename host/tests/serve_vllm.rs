@@ -274,3 +274,90 @@ fn cache_salt_keeps_prefix_cache_hits_within_one_salt() {
     assert_eq!(body["error"]["param"], "cache_salt");
     server.stop();
 }
+
+#[test]
+fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metrics() {
+    let log = std::env::temp_dir().join(format!("waypoint-tenants-{}.jsonl", std::process::id()));
+    let server = Server::start(
+        &[
+            "--journey-log",
+            log.to_str().expect("utf-8 path"),
+            "--max-tenants",
+            "2",
+            "--scheduler",
+            "fair",
+        ],
+        &[],
+    );
+    let client = reqwest::blocking::Client::new();
+    let send = |id: &str, header: Option<&str>, user: Option<&str>| {
+        let mut body = serde_json::json!({"model": "tiny", "prompt": "hello", "max_tokens": 2});
+        if let Some(user) = user {
+            body["user"] = user.into();
+        }
+        let mut request = client
+            .post(format!("{}/v1/completions", server.url))
+            .header("X-Request-Id", id)
+            .json(&body);
+        if let Some(header) = header {
+            request = request.header("x-gateway-inference-fairness-id", header);
+        }
+        let response = request.send().expect("answer");
+        assert_eq!(response.status(), 200, "{id}: {:?}", response.text());
+    };
+    send("anonymous", None, None);
+    send("acme-by-header", Some("acme"), Some("bob"));
+    send("bob-by-user", None, Some("bob"));
+    send("acme-by-user", None, Some("acme"));
+    send("carol", None, Some("carol"));
+    send("dave", Some("dave"), None);
+
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let count = |tenant: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("waypoint:tenant_requests_total{")
+                    && line.contains(&format!("tenant=\"{tenant}\""))
+                    && line.contains("finished_reason=\"length\"")
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("acme"), 2.0, "{metrics}");
+    assert_eq!(count("bob"), 1.0);
+    assert_eq!(count("(other)"), 2.0, "carol and dave are past the bound");
+    assert_eq!(count("(none)"), 1.0);
+    assert_eq!(count("carol"), 0.0, "no label beyond the bound");
+    assert!(metrics.contains("waypoint:tenant_time_to_first_token_seconds_bucket{"));
+    for (tenant, index) in [("acme", 1), ("bob", 2), ("(other)", 3)] {
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with("waypoint:tenant_info{")
+                    && line.contains(&format!("tenant=\"{tenant}\""))
+                    && line.contains(&format!("client_index=\"{index}\""))),
+            "no tenant_info for {tenant}: {metrics}"
+        );
+    }
+    server.stop();
+
+    let journeys = std::fs::read_to_string(&log).expect("the journey log");
+    let index_of = |id: &str| {
+        journeys
+            .lines()
+            .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+            .find(|event| event.request_id.to_string() == id)
+            .map(|event| event.client_index)
+            .unwrap_or_else(|| panic!("no journey for {id}"))
+    };
+    assert_eq!(index_of("anonymous"), 0);
+    assert_eq!(index_of("acme-by-header"), 1, "the header wins over user");
+    assert_eq!(index_of("bob-by-user"), 2);
+    assert_eq!(index_of("acme-by-user"), 1);
+    assert_eq!(index_of("carol"), 3);
+    assert_eq!(index_of("dave"), 3);
+}

@@ -1,5 +1,7 @@
 //! Errors in OpenAI's JSON shape, with the status each deserves.
 
+use std::borrow::Cow;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,8 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong, for a person.
     pub message: String,
-    /// The offending parameter, when there is one.
-    pub param: Option<&'static str>,
+    /// The offending parameter (or header), when there is one.
+    pub param: Option<Cow<'static, str>>,
 }
 
 impl ApiError {
@@ -22,9 +24,9 @@ impl ApiError {
     }
 
     /// 400 naming the parameter at fault.
-    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_param(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
-            param: Some(param),
+            param: Some(param.into()),
             ..Self::invalid(message)
         }
     }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use waypoint_scheduler::{NewRequest, RequestId};
 
 use super::protocol::{ChatRequest, CompletionRequest, Content, Message, Prompt, Sampling, Usage};
+use super::tenants::Tenant;
 use super::{ApiError, AppState, REQUEST_ID};
 use crate::engine::worker::{finish_reason, Rejection, StreamEvent, Submission};
 use crate::engine::{Completion, EngineRequest};
@@ -76,6 +77,7 @@ pub async fn chat_completions(
 /// A validated request, ready for the engine.
 struct Prepared {
     request: NewRequest,
+    tenant: Tenant,
     sampling: SamplingParams,
     stop: Vec<String>,
     stream: bool,
@@ -172,7 +174,13 @@ fn prepare(
         KeyValue::new("gen_ai.usage.input_tokens", prompt_tokens.len() as i64),
     ]);
     check_prompt(app, &prompt_tokens)?;
-    let prepared = sampling_of(app, endpoint, sampling, prompt_tokens, id)?;
+    let tenant = app.tenants.resolve(headers, sampling.user.as_deref())?;
+    app.metrics.tenant_seen(&tenant.label, tenant.client_index);
+    span.set_attributes([
+        KeyValue::new("waypoint.tenant", tenant.name.clone()),
+        KeyValue::new("waypoint.client_index", i64::from(tenant.client_index)),
+    ]);
+    let prepared = sampling_of(app, endpoint, sampling, prompt_tokens, id, tenant)?;
     let mut attributes = vec![
         KeyValue::new(
             "gen_ai.request.max_tokens",
@@ -234,6 +242,7 @@ fn sampling_of(
     sampling: Sampling,
     prompt: Vec<u32>,
     id: &str,
+    tenant: Tenant,
 ) -> Result<Prepared, ApiError> {
     if sampling.n.unwrap_or(1) != 1 {
         return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
@@ -317,6 +326,7 @@ fn sampling_of(
     let seed = sampling.seed.unwrap_or_else(|| app.random());
     Ok(Prepared {
         request: NewRequest {
+            client_index: tenant.client_index,
             max_tokens,
             min_tokens: sampling.min_tokens,
             stop_token_ids: sampling.stop_token_ids,
@@ -336,6 +346,7 @@ fn sampling_of(
             top_k,
             seed,
         },
+        tenant,
         stop: sampling.stop.map(|s| s.into_vec()).unwrap_or_default(),
         stream: sampling.stream,
         include_usage: sampling.stream_options.unwrap_or_default().include_usage,
@@ -346,12 +357,15 @@ fn sampling_of(
 struct AbortOnDrop {
     app: Arc<AppState>,
     id: RequestId,
+    /// The tenant's metrics label.
+    tenant: String,
     finished: bool,
 }
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if !self.finished {
+            self.app.metrics.tenant_aborted(&self.tenant);
             self.app.engine.abort(self.id.clone());
         }
     }
@@ -416,7 +430,10 @@ impl Flight {
         let metrics = &self.guard.app.metrics;
         match self.last_token_ns {
             None => {
-                metrics.first_token(seconds(at_ns.saturating_sub(self.arrival_ns)));
+                metrics.first_token(
+                    seconds(at_ns.saturating_sub(self.arrival_ns)),
+                    &self.guard.tenant,
+                );
                 self.span.event("api.FIRST_RESPONSE_FROM_CORE", at_ns);
             }
             Some(last) => metrics.inter_token(seconds(at_ns.saturating_sub(last))),
@@ -436,10 +453,13 @@ impl Flight {
             inference: since(completion.first_scheduled_ns, Some(completion.finish_ns)),
         };
         let generated = completion.token_ids.len() as u64;
-        self.guard
-            .app
-            .metrics
-            .request_finished(reason, times, self.prompt_tokens, generated);
+        self.guard.app.metrics.request_finished(
+            reason,
+            times,
+            self.prompt_tokens,
+            generated,
+            &self.guard.tenant,
+        );
         self.span.set_attributes([
             KeyValue::new("gen_ai.usage.output_tokens", generated as i64),
             KeyValue::new(
@@ -579,6 +599,7 @@ async fn serve(
         return echoed(refuse(&mut span, &app, "unavailable", error), &id);
     }
     let prompt_tokens = prepared.request.prompt_token_ids.len() as u64;
+    let tenant = prepared.tenant.label;
     let (sender, events) = unbounded_channel();
     let submission = Submission {
         request: EngineRequest {
@@ -607,6 +628,7 @@ async fn serve(
         guard: AbortOnDrop {
             app: app.clone(),
             id: id.as_str().into(),
+            tenant,
             finished: false,
         },
         span,

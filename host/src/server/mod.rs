@@ -3,6 +3,7 @@
 mod error;
 mod generate;
 pub mod protocol;
+pub mod tenants;
 mod vllm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub eos_token_id: Option<u32>,
     /// The key clients must send as `Authorization: Bearer <key>`, if any.
     pub api_key: Option<String>,
+    /// Tenants by name, and their client indices.
+    pub tenants: tenants::Tenants,
     /// The server's clock.
     pub clock: Clock,
     /// Prometheus metrics.

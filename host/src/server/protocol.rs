@@ -82,6 +82,8 @@ pub struct Sampling {
     pub priority: i32,
     /// vLLM's prefix-cache isolation: only requests with the same salt share cached blocks.
     pub cache_salt: Option<String>,
+    /// OpenAI's end-user id: the request's tenant, unless the tenant header names one.
+    pub user: Option<String>,
     /// Log probabilities are not supported; asking for them is an error.
     pub logprobs: Option<serde_json::Value>,
     /// Echoing the prompt is not supported.

@@ -30,6 +30,21 @@ fn histogram(buckets: &'static [f64]) -> Histogram {
     Histogram::new(buckets.iter().copied())
 }
 
+fn ttft_histogram() -> Histogram {
+    histogram(TTFT_BUCKETS)
+}
+
+fn request_histogram() -> Histogram {
+    histogram(REQUEST_BUCKETS)
+}
+
+type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn tenant(label: &str) -> Labels {
+    vec![("tenant".to_owned(), label.to_owned())]
+}
+
 /// One request's phases, in seconds, recorded when it finishes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestTimes {
@@ -71,7 +86,13 @@ pub struct Metrics {
     prefix_cache_hits: Counter,
     prompt_tokens: Counter,
     generation_tokens: Counter,
-    request_success: Family<Vec<(String, String)>, Counter>,
+    request_success: Family<Labels, Counter>,
+    tenant_requests: Family<Labels, Counter>,
+    tenant_prompt_tokens: Family<Labels, Counter>,
+    tenant_generation_tokens: Family<Labels, Counter>,
+    tenant_time_to_first_token: HistogramFamily,
+    tenant_e2e_request_latency: HistogramFamily,
+    tenant_info: Family<Labels, Gauge>,
     seen: Mutex<SeenTotals>,
 }
 
@@ -102,6 +123,12 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             request_success: Family::default(),
+            tenant_requests: Family::default(),
+            tenant_prompt_tokens: Family::default(),
+            tenant_generation_tokens: Family::default(),
+            tenant_time_to_first_token: Family::new_with_constructor(ttft_histogram),
+            tenant_e2e_request_latency: Family::new_with_constructor(request_histogram),
+            tenant_info: Family::default(),
             seen: Mutex::new(SeenTotals::default()),
             registry: Registry::default(),
         };
@@ -186,15 +213,62 @@ impl Metrics {
             "Count of successfully processed requests.",
             metrics.request_success.clone(),
         );
+        r.register(
+            "waypoint:tenant_requests",
+            "Finished requests by tenant and finish reason.",
+            metrics.tenant_requests.clone(),
+        );
+        r.register(
+            "waypoint:tenant_prompt_tokens",
+            "Prompt tokens of finished requests by tenant.",
+            metrics.tenant_prompt_tokens.clone(),
+        );
+        r.register(
+            "waypoint:tenant_generation_tokens",
+            "Generated tokens of finished requests by tenant.",
+            metrics.tenant_generation_tokens.clone(),
+        );
+        r.register(
+            "waypoint:tenant_time_to_first_token_seconds",
+            "Histogram of time to first token in seconds, by tenant.",
+            metrics.tenant_time_to_first_token.clone(),
+        );
+        r.register(
+            "waypoint:tenant_e2e_request_latency_seconds",
+            "Histogram of end-to-end request latency in seconds, by tenant.",
+            metrics.tenant_e2e_request_latency.clone(),
+        );
+        r.register(
+            "waypoint:tenant_info",
+            "1 for each tenant label with the scheduler client index it maps to.",
+            metrics.tenant_info.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
     }
 
-    /// A request's first token came `seconds` after it arrived.
-    pub fn first_token(&self, seconds: f64) {
+    /// A request of tenant `tenant` (its label) had its first token `seconds` after it arrived.
+    pub fn first_token(&self, seconds: f64, tenant_label: &str) {
         self.time_to_first_token.observe(seconds);
+        self.tenant_time_to_first_token
+            .get_or_create(&tenant(tenant_label))
+            .observe(seconds);
+    }
+
+    /// A request came from the tenant labelled `tenant_label`, scheduled as `client_index`.
+    pub fn tenant_seen(&self, tenant_label: &str, client_index: u32) {
+        let mut labels = tenant(tenant_label);
+        labels.push(("client_index".to_owned(), client_index.to_string()));
+        self.tenant_info.get_or_create(&labels).set(1);
+    }
+
+    /// A request of the tenant labelled `tenant_label` was aborted: its client went away.
+    pub fn tenant_aborted(&self, tenant_label: &str) {
+        let mut labels = tenant(tenant_label);
+        labels.push(("finished_reason".to_owned(), "abort".to_owned()));
+        self.tenant_requests.get_or_create(&labels).inc();
     }
 
     /// A request produced a token `seconds` after its previous one.
@@ -209,8 +283,22 @@ impl Metrics {
         times: RequestTimes,
         prompt_tokens: u64,
         generation_tokens: u64,
+        tenant_label: &str,
     ) {
         self.e2e_request_latency.observe(times.e2e);
+        let labels = tenant(tenant_label);
+        self.tenant_e2e_request_latency
+            .get_or_create(&labels)
+            .observe(times.e2e);
+        self.tenant_prompt_tokens
+            .get_or_create(&labels)
+            .inc_by(prompt_tokens);
+        self.tenant_generation_tokens
+            .get_or_create(&labels)
+            .inc_by(generation_tokens);
+        let mut by_reason = labels;
+        by_reason.push(("finished_reason".to_owned(), finished_reason.to_owned()));
+        self.tenant_requests.get_or_create(&by_reason).inc();
         let phases = [
             (&self.request_queue_time, times.queue),
             (&self.request_prefill_time, times.prefill),
