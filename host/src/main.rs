@@ -28,7 +28,7 @@ use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
 use waypoint::sweep;
-use waypoint::telemetry::metrics::Metrics;
+use waypoint::telemetry::metrics::{CacheConfig, Metrics};
 use waypoint::telemetry::traces::{CoreSpans, Tracing};
 use waypoint::telemetry::Clock;
 use waypoint::workload::Rng;
@@ -484,7 +484,15 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 )),
                 _ => None,
             };
-            let metrics = Arc::new(Metrics::new(&served_name));
+            let metrics = Arc::new(Metrics::new(
+                &served_name,
+                config.max_model_len,
+                CacheConfig {
+                    block_size: config.block_size,
+                    num_gpu_blocks: config.num_blocks,
+                    enable_prefix_caching: config.enable_prefix_caching,
+                },
+            ));
             let vocabulary = Arc::new(loaded.vocabulary);
             let handle = worker::spawn(
                 engine,

@@ -428,11 +428,15 @@ impl Worker {
             mut finished,
             journey_events,
             step_events,
+            scheduled_tokens,
             ..
         } = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
             Ok(result) => result,
             Err(error) => return self.fault(&error),
         };
+        if scheduled_tokens > 0 {
+            self.parts.metrics.iteration(scheduled_tokens);
+        }
         self.journey(&journey_events, &mut finished);
         if let Some(spans) = self.parts.spans.as_mut() {
             spans.steps(&step_events, tokens_ns);

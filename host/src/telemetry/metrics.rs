@@ -26,6 +26,32 @@ const REQUEST_BUCKETS: &[f64] = &[
     480.0, 960.0, 1920.0, 7680.0,
 ];
 
+/// vLLM's tokens-per-step buckets.
+const ITERATION_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+
+/// vLLM's 1-2-5 series up to `max`: 1, 2, 5, 10, 20, 50, ...
+fn one_two_five_buckets(max: u32) -> Vec<f64> {
+    let max = f64::from(max.max(1));
+    (0..)
+        .map(|exponent| 10f64.powi(exponent))
+        .flat_map(|decade| [1.0, 2.0, 5.0].map(|m| m * decade))
+        .take_while(|&bound| bound <= max)
+        .collect()
+}
+
+/// The KV cache as `vllm:cache_config_info` labels it.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheConfig {
+    /// Tokens per block.
+    pub block_size: u32,
+    /// Blocks in the cache.
+    pub num_gpu_blocks: u32,
+    /// Whether prefix caching is on.
+    pub enable_prefix_caching: bool,
+}
+
 fn histogram(buckets: &'static [f64]) -> Histogram {
     Histogram::new(buckets.iter().copied())
 }
@@ -87,6 +113,10 @@ pub struct Metrics {
     prompt_tokens: Counter,
     generation_tokens: Counter,
     request_success: Family<Labels, Counter>,
+    request_prompt_tokens: Histogram,
+    request_generation_tokens: Histogram,
+    iteration_tokens: Histogram,
+    cache_config_info: Family<Labels, Gauge>,
     tenant_requests: Family<Labels, Counter>,
     tenant_prompt_tokens: Family<Labels, Counter>,
     tenant_generation_tokens: Family<Labels, Counter>,
@@ -97,8 +127,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics of a server that serves `model_name` (a label on every series, as in vLLM).
-    pub fn new(model_name: &str) -> Self {
+    /// The metrics of a server that serves `model_name` (a label on every series, as in vLLM),
+    /// with sequences up to `max_model_len` and this KV cache.
+    pub fn new(model_name: &str, max_model_len: u32, cache: CacheConfig) -> Self {
         let mut registry = Registry::with_labels(
             [(
                 Cow::Borrowed("model_name"),
@@ -123,6 +154,10 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             request_success: Family::default(),
+            request_prompt_tokens: Histogram::new(one_two_five_buckets(max_model_len)),
+            request_generation_tokens: Histogram::new(one_two_five_buckets(max_model_len)),
+            iteration_tokens: histogram(ITERATION_TOKEN_BUCKETS),
+            cache_config_info: Family::default(),
             tenant_requests: Family::default(),
             tenant_prompt_tokens: Family::default(),
             tenant_generation_tokens: Family::default(),
@@ -213,6 +248,47 @@ impl Metrics {
             "Count of successfully processed requests.",
             metrics.request_success.clone(),
         );
+        r.register(
+            "vllm:request_prompt_tokens",
+            "Number of prefill tokens processed.",
+            metrics.request_prompt_tokens.clone(),
+        );
+        r.register(
+            "vllm:request_generation_tokens",
+            "Number of generation tokens processed.",
+            metrics.request_generation_tokens.clone(),
+        );
+        r.register(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            metrics.iteration_tokens.clone(),
+        );
+        r.register(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig.",
+            metrics.cache_config_info.clone(),
+        );
+        metrics
+            .cache_config_info
+            .get_or_create(&vec![
+                ("block_size".to_owned(), cache.block_size.to_string()),
+                (
+                    "num_gpu_blocks".to_owned(),
+                    cache.num_gpu_blocks.to_string(),
+                ),
+                ("num_cpu_blocks".to_owned(), "0".to_owned()),
+                (
+                    "enable_prefix_caching".to_owned(),
+                    if cache.enable_prefix_caching {
+                        "True"
+                    } else {
+                        "False"
+                    }
+                    .to_owned(),
+                ),
+                ("cache_dtype".to_owned(), "auto".to_owned()),
+            ])
+            .set(1);
         r.register(
             "waypoint:tenant_requests",
             "Finished requests by tenant and finish reason.",
@@ -312,6 +388,9 @@ impl Metrics {
         }
         self.prompt_tokens.inc_by(prompt_tokens);
         self.generation_tokens.inc_by(generation_tokens);
+        self.request_prompt_tokens.observe(prompt_tokens as f64);
+        self.request_generation_tokens
+            .observe(generation_tokens as f64);
         self.request_success
             .get_or_create(&vec![(
                 "finished_reason".to_owned(),
@@ -325,6 +404,11 @@ impl Metrics {
         self.request_success
             .get_or_create(&vec![("finished_reason".to_owned(), "abort".to_owned())])
             .inc();
+    }
+
+    /// An engine step computed `tokens` tokens (prefill and decode).
+    pub fn iteration(&self, tokens: u32) {
+        self.iteration_tokens.observe(f64::from(tokens));
     }
 
     /// The scheduler's current load, cache use and cumulative counters.
