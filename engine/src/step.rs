@@ -48,6 +48,8 @@ pub struct Completion {
     pub finish_ns: u64,
     /// Prompt tokens.
     pub prompt_len: usize,
+    /// Prompt tokens found in the prefix cache when it was first scheduled.
+    pub cached_tokens: u32,
 }
 
 /// A token one request produced in a step.
@@ -68,6 +70,7 @@ struct Running<P> {
     arrival_ns: u64,
     first_scheduled_ns: Option<u64>,
     first_token_ns: Option<u64>,
+    cached_tokens: u32,
     payload: P,
 }
 
@@ -83,6 +86,7 @@ impl<P> Running<P> {
             first_token_ns: self.first_token_ns,
             finish_ns,
             prompt_len: self.prompt_len,
+            cached_tokens: self.cached_tokens,
         };
         (completion, self.payload)
     }
@@ -234,6 +238,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             arrival_ns: now_ns,
             first_scheduled_ns: None,
             first_token_ns: None,
+            cached_tokens: 0,
             payload,
         };
         let added = match self.backend.add_request(request.request, now_ns) {
@@ -315,7 +320,11 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             let Some(running) = self.requests.get_mut(&entry.handle) else {
                 continue;
             };
-            running.first_scheduled_ns.get_or_insert(now_ns);
+            if running.first_scheduled_ns.is_none() {
+                running.first_scheduled_ns = Some(now_ns);
+                // A new request's computed tokens are its prefix-cache hit.
+                running.cached_tokens = entry.num_computed_tokens;
+            }
             match entry.kind {
                 ScheduledKind::New | ScheduledKind::Resumed => {
                     running.block_table = entry.block_ids.to_vec()

@@ -307,6 +307,10 @@ struct ServeArgs {
     /// default is the Gateway API Inference Extension's fairness id, which llm-d's router sets.
     #[arg(long, default_value = "x-gateway-inference-fairness-id")]
     tenant_header: String,
+    /// Let requests ask for their timings (`"return_timings": true`): queue, prefill, decode,
+    /// TTFT, end-to-end, tokens, preemptions and scheduler steps, from their journeys.
+    #[arg(long)]
+    enable_request_timings: bool,
     /// Tenants that each get their own scheduler client index; later ones share one more.
     #[arg(long, default_value_t = 16)]
     max_tenants: u32,
@@ -453,7 +457,9 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&rate) {
         anyhow::bail!("--journey-tracing-sample-rate must be in [0, 1], not {rate}");
     }
-    let journeys = args.tracing.enable_journey_tracing || args.journey_log.is_some();
+    let journeys = args.tracing.enable_journey_tracing
+        || args.journey_log.is_some()
+        || args.enable_request_timings;
     let mut config = args.engine.config(journeys);
     args.tracing.apply(&mut config);
     config.validate().context("engine settings")?;
@@ -519,6 +525,7 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 eos_token_id: loaded.eos_token_id,
                 api_key: args.api_key.clone(),
                 tenants,
+                request_timings: args.enable_request_timings,
                 clock,
                 metrics,
                 tracing: tracing.clone(),

@@ -361,3 +361,125 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
     assert_eq!(index_of("carol"), 3);
     assert_eq!(index_of("dave"), 3);
 }
+
+#[test]
+fn timings_come_from_the_journey_when_asked_for_and_only_then() {
+    let log = std::env::temp_dir().join(format!("waypoint-timings-{}.jsonl", std::process::id()));
+    let server = Server::start(
+        &[
+            "--enable-request-timings",
+            "--journey-log",
+            log.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let client = reqwest::blocking::Client::new();
+    let completions = format!("{}/v1/completions", server.url);
+    let prompt = "timings for a prompt that fills a few blocks of the prefix cache";
+    let ask = |id: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({"model": "tiny", "prompt": prompt, "max_tokens": 5, "ignore_eos": true});
+        for (key, value) in extra.as_object().expect("an object") {
+            body[key] = value.clone();
+        }
+        client
+            .post(&completions)
+            .header("X-Request-Id", id)
+            .json(&body)
+            .send()
+            .expect("answer")
+    };
+
+    let response = ask("plain", serde_json::json!({}));
+    assert!(response.headers().get("server-timing").is_none());
+    let (_, body) = json(response);
+    assert!(body.get("timings").is_none(), "{body}");
+
+    let response = ask("timed", serde_json::json!({"return_timings": true}));
+    let server_timing = response
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("a Server-Timing header");
+    let (status, body) = json(response);
+    assert_eq!(status, 200, "{body}");
+    let timings = &body["timings"];
+    for phase in ["queue", "prefill", "decode", "ttft", "e2e"] {
+        assert!(
+            server_timing.contains(&format!("{phase};dur=")),
+            "{server_timing}"
+        );
+        assert!(
+            timings[format!("{phase}_ms")]
+                .as_f64()
+                .is_some_and(|ms| ms >= 0.0),
+            "{timings}"
+        );
+    }
+    let ms = |key: &str| timings[key].as_f64().unwrap_or(f64::NAN);
+    assert!(ms("ttft_ms") <= ms("e2e_ms"), "{timings}");
+    assert!(
+        ms("prefill_ms") + ms("decode_ms") <= ms("e2e_ms") + 1e-6,
+        "{timings}"
+    );
+    assert_eq!(timings["prompt_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(timings["generated_tokens"], 5);
+    assert_eq!(timings["preemptions"], 0);
+    assert!(
+        timings["cached_tokens"]
+            .as_u64()
+            .is_some_and(|cached| cached >= 48),
+        "{timings}"
+    );
+
+    let mut streaming = serde_json::json!({"return_timings": true, "stream": true});
+    streaming["stream_options"] = serde_json::json!({"include_usage": true});
+    let text = ask("streamed", streaming).text().expect("the stream");
+    let chunks: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
+        .collect();
+    let last = chunks
+        .iter()
+        .find(|chunk| chunk["choices"][0]["finish_reason"].is_string())
+        .expect("a final chunk");
+    assert_eq!(last["timings"]["generated_tokens"], 5, "{last}");
+    assert_eq!(
+        chunks
+            .iter()
+            .filter(|chunk| chunk.get("timings").is_some())
+            .count(),
+        1,
+        "only the final chunk carries timings"
+    );
+    server.stop();
+
+    // The steps are the journey's own.
+    let events: Vec<JourneyEvent> = std::fs::read_to_string(&log)
+        .expect("the journey log")
+        .lines()
+        .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+        .filter(|event| event.request_id.to_string() == "timed")
+        .collect();
+    let scheduled = events
+        .iter()
+        .find(|e| e.event_type == waypoint_scheduler::JourneyEventType::Scheduled)
+        .expect("SCHEDULED");
+    let finished = events.last().expect("FINISHED");
+    assert_eq!(timings["first_scheduler_step"], scheduled.scheduler_step);
+    assert_eq!(timings["last_scheduler_step"], finished.scheduler_step);
+
+    let server = Server::start(&[], &[]);
+    let (status, body) = json(
+        reqwest::blocking::Client::new()
+            .post(format!("{}/v1/completions", server.url))
+            .json(&serde_json::json!({"model": "tiny", "prompt": "x", "return_timings": true}))
+            .send()
+            .expect("answer"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "return_timings");
+    server.stop();
+}

@@ -50,7 +50,7 @@ class Server:
         self.port = free_port()
         self.process = subprocess.Popen(
             [WAYPOINT, "serve", "--port", str(self.port), "--api-key", API_KEY,
-             "--max-model-len", "512"],
+             "--max-model-len", "512", "--enable-request-timings"],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.process)
@@ -127,6 +127,19 @@ class OpenAIClient(unittest.TestCase):
                     seed=7)
         first = client().completions.create(**args).choices[0].text
         self.assertEqual(client().completions.create(**args).choices[0].text, first)
+
+    def test_timings_ride_along_without_upsetting_the_client(self):
+        args = dict(model="tiny", max_tokens=4, extra_body={"return_timings": True})
+        reply = client().completions.create(prompt="time me", **args)
+        self.assertEqual(reply.usage.completion_tokens, reply.model_extra["timings"]["generated_tokens"])
+        chat = client().chat.completions.create(
+            messages=[{"role": "user", "content": "time me"}], **args)
+        self.assertIn("ttft_ms", chat.model_extra["timings"])
+        chunks = list(client().chat.completions.create(
+            messages=[{"role": "user", "content": "time me"}], stream=True, **args))
+        last = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(len(last), 1)
+        self.assertIn("e2e_ms", last[0].model_extra["timings"])
 
     def test_errors_arrive_as_the_client_expects(self):
         with self.assertRaises(openai.NotFoundError):

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use opentelemetry::Context;
 use tokio::sync::mpsc::UnboundedSender;
-use waypoint_scheduler::{FinishStatus, JourneyEvent, RequestId};
+use waypoint_scheduler::{FinishStatus, JourneyEvent, JourneyEventType, RequestId};
 
 use super::{Completion, Engine, EngineRequest, Finished, Refused, Reloaded, StepResult};
 use crate::backend::{BackendError, SchedulerBackend};
@@ -75,7 +75,7 @@ pub enum StreamEvent {
         at_ns: u64,
     },
     /// The request finished; any held-back text came in the last delta.
-    Finished(Box<Completion>),
+    Finished(Box<Completion>, JourneyTally),
     /// The scheduler failed while it held the request.
     Failed {
         /// What happened.
@@ -259,11 +259,33 @@ impl TextStream {
 }
 
 /// What the server keeps for a request the engine holds: where its events go, its text so far,
-/// and its `llm_core` span when it is traced.
+/// its `llm_core` span when it is traced, and what its journey has told so far.
 pub struct Client {
     events: UnboundedSender<StreamEvent>,
     text: TextStream,
     span: Option<RequestSpan>,
+    journey: JourneyTally,
+}
+
+/// The parts of a request's journey that its per-request timings report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JourneyTally {
+    /// The step of its first SCHEDULED event.
+    pub first_scheduled_step: Option<u64>,
+    /// The step of its latest event.
+    pub last_step: Option<u64>,
+    /// Times it was preempted.
+    pub preemptions: u32,
+}
+
+impl JourneyTally {
+    fn record(&mut self, event: &JourneyEvent) {
+        if event.event_type == JourneyEventType::Scheduled && self.first_scheduled_step.is_none() {
+            self.first_scheduled_step = Some(event.scheduler_step);
+        }
+        self.last_step = Some(event.scheduler_step);
+        self.preemptions = event.num_preemptions_so_far;
+    }
 }
 
 struct Worker {
@@ -377,6 +399,7 @@ impl Worker {
             events,
             text: TextStream::new(stop),
             span: None,
+            journey: JourneyTally::default(),
         };
         match self.engine.add(request, client, now) {
             Ok(journey) => {
@@ -498,7 +521,7 @@ impl Worker {
         let finish_ns = completion.finish_ns;
         let _ = client
             .events
-            .send(StreamEvent::Finished(Box::new(completion)));
+            .send(StreamEvent::Finished(Box::new(completion), client.journey));
         self.end_span(client, finish_ns);
     }
 
@@ -514,12 +537,13 @@ impl Worker {
         if events.is_empty() {
             return;
         }
-        if let Some(spans) = self.parts.spans.as_ref() {
-            for event in events {
-                let client = client_of(&mut self.engine, finishing, &event.request_id);
-                if let Some(span) = client.and_then(|client| client.span.as_mut()) {
-                    spans.journey(span, event);
-                }
+        for event in events {
+            let Some(client) = client_of(&mut self.engine, finishing, &event.request_id) else {
+                continue;
+            };
+            client.journey.record(event);
+            if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span.as_mut()) {
+                spans.journey(span, event);
             }
         }
         if let Some(log) = self.parts.journey_log.as_mut() {

@@ -18,10 +18,12 @@ use opentelemetry::KeyValue;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use waypoint_scheduler::{NewRequest, RequestId};
 
-use super::protocol::{ChatRequest, CompletionRequest, Content, Message, Prompt, Sampling, Usage};
+use super::protocol::{
+    ChatRequest, CompletionRequest, Content, Message, Prompt, Sampling, Timings, Usage,
+};
 use super::tenants::Tenant;
 use super::{ApiError, AppState, REQUEST_ID};
-use crate::engine::worker::{finish_reason, Rejection, StreamEvent, Submission};
+use crate::engine::worker::{finish_reason, JourneyTally, Rejection, StreamEvent, Submission};
 use crate::engine::{Completion, EngineRequest};
 use crate::model::sampling::SamplingParams;
 use crate::telemetry::metrics::RequestTimes;
@@ -78,6 +80,7 @@ pub async fn chat_completions(
 struct Prepared {
     request: NewRequest,
     tenant: Tenant,
+    timings: bool,
     sampling: SamplingParams,
     stop: Vec<String>,
     stream: bool,
@@ -313,6 +316,12 @@ fn sampling_of(
             "min_tokens must not exceed max_tokens",
         ));
     }
+    if sampling.return_timings && !app.request_timings {
+        return Err(ApiError::invalid_param(
+            "return_timings",
+            "request timings are off: start the server with --enable-request-timings",
+        ));
+    }
     if sampling
         .cache_salt
         .as_ref()
@@ -347,6 +356,7 @@ fn sampling_of(
             seed,
         },
         tenant,
+        timings: sampling.return_timings,
         stop: sampling.stop.map(|s| s.into_vec()).unwrap_or_default(),
         stream: sampling.stream,
         include_usage: sampling.stream_options.unwrap_or_default().include_usage,
@@ -381,14 +391,17 @@ struct Flight {
     events: UnboundedReceiver<StreamEvent>,
     guard: AbortOnDrop,
     span: ApiSpan,
+    first_token_ns: Option<u64>,
     last_token_ns: Option<u64>,
     text: String,
+    /// Whether the response carries the request's timings.
+    timings: bool,
 }
 
 /// What one event from the engine means for the response.
 enum Progress {
     Text(String),
-    Done(Box<Completion>),
+    Done(Box<Completion>, JourneyTally),
     Failed(String),
 }
 
@@ -409,9 +422,9 @@ impl Flight {
                         return Progress::Text(text);
                     }
                 }
-                Some(StreamEvent::Finished(completion)) => {
+                Some(StreamEvent::Finished(completion, journey)) => {
                     self.guard.finished = true;
-                    return Progress::Done(completion);
+                    return Progress::Done(completion, journey);
                 }
                 Some(StreamEvent::Failed { error }) => {
                     self.guard.finished = true;
@@ -430,6 +443,7 @@ impl Flight {
         let metrics = &self.guard.app.metrics;
         match self.last_token_ns {
             None => {
+                self.first_token_ns = Some(at_ns);
                 metrics.first_token(
                     seconds(at_ns.saturating_sub(self.arrival_ns)),
                     &self.guard.tenant,
@@ -441,8 +455,13 @@ impl Flight {
         self.last_token_ns = Some(at_ns);
     }
 
-    /// Record the finished request: metrics and the span's usage attributes.
-    fn finished(&mut self, completion: &Completion) -> &'static str {
+    /// Record the finished request: metrics and the span's usage attributes. Returns OpenAI's
+    /// finish reason, and the request's timings when it asked for them.
+    fn finished(
+        &mut self,
+        completion: &Completion,
+        journey: &JourneyTally,
+    ) -> (&'static str, Option<Timings>) {
         let reason = finish_reason(completion.finish_status);
         let since = |from: Option<u64>, to: Option<u64>| Some(seconds(to?.saturating_sub(from?)));
         let times = RequestTimes {
@@ -467,7 +486,23 @@ impl Flight {
                 strings([reason.to_owned()]),
             ),
         ]);
-        reason
+        let ms = |seconds: f64| seconds * 1e3;
+        let timings = self.timings.then(|| Timings {
+            queue_ms: times.queue.map(ms),
+            prefill_ms: times.prefill.map(ms),
+            decode_ms: times.decode.map(ms),
+            ttft_ms: self
+                .first_token_ns
+                .map(|at| ms(seconds(at.saturating_sub(self.arrival_ns)))),
+            e2e_ms: ms(times.e2e),
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: completion.cached_tokens,
+            generated_tokens: generated,
+            preemptions: journey.preemptions,
+            first_scheduler_step: journey.first_scheduled_step,
+            last_scheduler_step: journey.last_step,
+        });
+        (reason, timings)
     }
 
     fn usage(&self, completion: &Completion) -> Usage {
@@ -604,7 +639,8 @@ async fn serve(
     let submission = Submission {
         request: EngineRequest {
             request: NewRequest {
-                journey_sampled: sampled,
+                // Timings come from the journey, so a request that asks for them records one.
+                journey_sampled: sampled || prepared.timings,
                 arrival_ns,
                 ..prepared.request
             },
@@ -632,8 +668,10 @@ async fn serve(
             finished: false,
         },
         span,
+        first_token_ns: None,
         last_token_ns: None,
         text: String::new(),
+        timings: prepared.timings,
     };
     let id = match flight.events.recv().await {
         Some(StreamEvent::Accepted {
@@ -692,8 +730,8 @@ async fn respond(mut flight: Flight) -> Response {
     loop {
         match flight.next().await {
             Progress::Text(text) => flight.text.push_str(&text),
-            Progress::Done(completion) => {
-                let reason = flight.finished(&completion);
+            Progress::Done(completion, journey) => {
+                let (reason, timings) = flight.finished(&completion, &journey);
                 let choice = match flight.endpoint {
                     Endpoint::Completions => serde_json::json!({
                         "index": 0, "text": flight.text, "logprobs": null, "finish_reason": reason,
@@ -705,7 +743,7 @@ async fn respond(mut flight: Flight) -> Response {
                         "finish_reason": reason,
                     }),
                 };
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "id": flight.id,
                     "object": match flight.endpoint {
                         Endpoint::Completions => "text_completion",
@@ -718,7 +756,15 @@ async fn respond(mut flight: Flight) -> Response {
                 });
                 let now = flight.now();
                 flight.span.departed(now);
-                return Json(body).into_response();
+                let Some(timings) = timings else {
+                    return Json(body).into_response();
+                };
+                body["timings"] = serde_json::json!(timings);
+                let mut response = Json(body).into_response();
+                if let Ok(value) = HeaderValue::from_str(&timings.server_timing()) {
+                    response.headers_mut().insert("server-timing", value);
+                }
+                return response;
             }
             Progress::Failed(message) => {
                 let now = flight.now();
@@ -752,9 +798,13 @@ fn sse(flight: Flight, include_usage: bool) -> impl Stream<Item = Result<Event, 
                         pending.push_back(data(&flight.chunk(Some(&text), None, first)));
                         first = false;
                     }
-                    Progress::Done(completion) => {
-                        let reason = flight.finished(&completion);
-                        pending.push_back(data(&flight.chunk(None, Some(reason), first)));
+                    Progress::Done(completion, journey) => {
+                        let (reason, timings) = flight.finished(&completion, &journey);
+                        let mut last = flight.chunk(None, Some(reason), first);
+                        if let Some(timings) = timings {
+                            last["timings"] = serde_json::json!(timings);
+                        }
+                        pending.push_back(data(&last));
                         if include_usage {
                             let mut chunk = flight.chunk(None, None, false);
                             chunk["choices"] = serde_json::json!([]);

@@ -47,6 +47,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Tenants by name, and their client indices.
     pub tenants: tenants::Tenants,
+    /// Whether requests may ask for their timings (`return_timings`).
+    pub request_timings: bool,
     /// The server's clock.
     pub clock: Clock,
     /// Prometheus metrics.

@@ -84,6 +84,9 @@ pub struct Sampling {
     pub cache_salt: Option<String>,
     /// OpenAI's end-user id: the request's tenant, unless the tenant header names one.
     pub user: Option<String>,
+    /// Return the request's timings (the server must run with `--enable-request-timings`).
+    #[serde(default)]
+    pub return_timings: bool,
     /// Log probabilities are not supported; asking for them is an error.
     pub logprobs: Option<serde_json::Value>,
     /// Echoing the prompt is not supported.
@@ -233,4 +236,49 @@ pub struct DetokenizeRequest {
 pub struct DetokenizeResponse {
     /// The text.
     pub prompt: String,
+}
+
+/// A request's timings, with the metrics' definitions (milliseconds): phases from the engine's
+/// record of the request, steps and preemptions from its journey.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Timings {
+    /// Queued to first scheduled (`vllm:request_queue_time_seconds`).
+    pub queue_ms: Option<f64>,
+    /// First scheduled to first token (`vllm:request_prefill_time_seconds`).
+    pub prefill_ms: Option<f64>,
+    /// First token to finish (`vllm:request_decode_time_seconds`).
+    pub decode_ms: Option<f64>,
+    /// HTTP arrival to first token (`vllm:time_to_first_token_seconds`).
+    pub ttft_ms: Option<f64>,
+    /// HTTP arrival to finish (`vllm:e2e_request_latency_seconds`).
+    pub e2e_ms: f64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Prompt tokens found in the prefix cache when first scheduled.
+    pub cached_tokens: u32,
+    /// Generated tokens.
+    pub generated_tokens: u64,
+    /// Times the request was preempted.
+    pub preemptions: u32,
+    /// The scheduler step that first scheduled it.
+    pub first_scheduler_step: Option<u64>,
+    /// The scheduler step of its last journey event (its finish).
+    pub last_scheduler_step: Option<u64>,
+}
+
+impl Timings {
+    /// The `Server-Timing` header value: each phase as `name;dur=ms`.
+    pub fn server_timing(&self) -> String {
+        [
+            ("queue", self.queue_ms),
+            ("prefill", self.prefill_ms),
+            ("decode", self.decode_ms),
+            ("ttft", self.ttft_ms),
+            ("e2e", Some(self.e2e_ms)),
+        ]
+        .into_iter()
+        .filter_map(|(name, ms)| ms.map(|ms| format!("{name};dur={ms:.3}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
