@@ -17,7 +17,7 @@ use waypoint_model::sampling::{sample, SamplingParams};
 use waypoint_model::{rows, rows_async, BatchRequest, Model, PagedBatch, PagedKvCache};
 use waypoint_scheduler::output::SchedulerOutput;
 
-use crate::backend::{BackendError, SchedulerBackend};
+use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::fault::{ContractViolation, GuestFault};
 
 /// A request as the engine takes it.
@@ -210,6 +210,13 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     /// Whether the engine holds request `id` (submitted, not yet finished).
     pub fn is_live(&self, id: &str) -> bool {
         self.handles.contains_key(id)
+    }
+
+    /// Every live request's payload.
+    pub fn payloads_mut(&mut self) -> impl Iterator<Item = &mut P> {
+        self.requests
+            .values_mut()
+            .map(|running| &mut running.payload)
     }
 
     /// A live request's payload.
@@ -457,6 +464,21 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             lost,
             result: self.backend.reload(),
         }
+    }
+
+    /// Between steps, move the scheduler's whole state into `backend` (another policy) and run
+    /// on it from now on: every live request keeps its handle, blocks and progress, so nothing
+    /// is recomputed. If the export or the import fails, the old backend keeps running.
+    pub fn swap_backend(&mut self, mut backend: Box<B>, now_ns: u64) -> Result<(), BackendError> {
+        let state = self.backend.export_state(now_ns)?;
+        backend.import_state(&state, now_ns)?;
+        self.backend = backend;
+        Ok(())
+    }
+
+    /// The running scheduler's policy.
+    pub fn policy(&self) -> &PolicyDescription {
+        self.backend.policy()
     }
 
     /// The scheduler's load and cache statistics.

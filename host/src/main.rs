@@ -307,6 +307,13 @@ struct ServeArgs {
     /// default is the Gateway API Inference Extension's fairness id, which llm-d's router sets.
     #[arg(long, default_value = "x-gateway-inference-fairness-id")]
     tenant_header: String,
+    /// Turn on `POST /admin/scheduler` (a policy component swapped in live), guarded by this
+    /// key as `Authorization: Bearer <key>`.
+    #[arg(long, env = "WAYPOINT_ADMIN_API_KEY")]
+    admin_api_key: Option<String>,
+    /// Largest policy component `POST /admin/scheduler` accepts, in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_policy_bytes: usize,
     /// Let requests ask for their timings (`"return_timings": true`): queue, prefill, decode,
     /// TTFT, end-to-end, tokens, preemptions and scheduler steps, from their journeys.
     #[arg(long)]
@@ -467,7 +474,8 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
     let runtime = runtime(cli)?;
     let module = args.scheduler.load(&runtime)?;
     let backend = args.scheduler.open(module.as_ref(), config)?;
-    let policy = backend.policy().to_string();
+    let description = backend.policy().clone();
+    let policy = description.to_string();
     let model_config = *loaded.model.config();
     let engine = Engine::new(backend, loaded.model, &config);
     let journey_log = match &args.journey_log {
@@ -499,6 +507,7 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                     enable_prefix_caching: config.enable_prefix_caching,
                 },
             ));
+            metrics.policy_running((&description.name, &description.version), None);
             let vocabulary = Arc::new(loaded.vocabulary);
             let handle = worker::spawn(
                 engine,
@@ -526,6 +535,14 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 api_key: args.api_key.clone(),
                 tenants,
                 request_timings: args.enable_request_timings,
+                admin: args
+                    .admin_api_key
+                    .clone()
+                    .map(|api_key| server::admin::Admin {
+                        api_key,
+                        runtime: runtime.clone(),
+                        config,
+                    }),
                 clock,
                 metrics,
                 tracing: tracing.clone(),
@@ -547,7 +564,11 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             );
             axum::serve(
                 listener,
-                server::router(state.clone(), args.max_request_body_bytes),
+                server::router(
+                    state.clone(),
+                    args.max_request_body_bytes,
+                    args.max_policy_bytes,
+                ),
             )
             .with_graceful_shutdown(shutdown_signal())
             .await

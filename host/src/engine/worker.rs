@@ -12,10 +12,11 @@ use std::thread::JoinHandle;
 
 use opentelemetry::Context;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use waypoint_scheduler::{FinishStatus, JourneyEvent, JourneyEventType, RequestId};
 
 use super::{Completion, Engine, EngineRequest, Finished, Refused, Reloaded, StepResult};
-use crate::backend::{BackendError, SchedulerBackend};
+use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::model::Vocabulary;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{CoreSpans, RequestSpan};
@@ -86,6 +87,10 @@ pub enum StreamEvent {
 enum Command {
     Submit(Box<Submission>),
     Abort(RequestId),
+    Swap {
+        backend: Box<dyn SchedulerBackend + Send>,
+        reply: oneshot::Sender<Result<PolicyDescription, String>>,
+    },
 }
 
 /// Why the engine cannot serve right now, shared between the engine thread and the server.
@@ -123,6 +128,19 @@ impl EngineHandle {
         self.commands
             .send(Command::Submit(Box::new(submission)))
             .map_err(|_| EngineStopped)
+    }
+
+    /// Between two steps, move the running state into `backend` and serve on it; the answer is
+    /// the new policy, or why the old one keeps running.
+    pub async fn swap(
+        &self,
+        backend: Box<dyn SchedulerBackend + Send>,
+    ) -> Result<PolicyDescription, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Swap { backend, reply })
+            .map_err(|_| EngineStopped.to_string())?;
+        answer.await.map_err(|_| EngineStopped.to_string())?
     }
 
     /// Abort a request (its client went away). Unknown or finished ids are ignored.
@@ -358,6 +376,9 @@ impl Worker {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Submit(submission) => self.submit(*submission),
+            Command::Swap { backend, reply } => {
+                let _ = reply.send(self.swap(backend));
+            }
             Command::Abort(id) => {
                 if !self.engine.is_live(&id) {
                     return;
@@ -428,6 +449,36 @@ impl Worker {
                 self.fault(&error);
             }
         }
+    }
+
+    /// Swap the policy between steps; the journeys, streams and spans of live requests go on.
+    fn swap(
+        &mut self,
+        backend: Box<dyn SchedulerBackend + Send>,
+    ) -> Result<PolicyDescription, String> {
+        if let Some(reason) = self.availability.reason() {
+            return Err(format!(
+                "the scheduler cannot take a new policy now: {reason}"
+            ));
+        }
+        let now = self.parts.clock.now_ns();
+        let from = self.engine.policy().clone();
+        self.engine
+            .swap_backend(backend, now)
+            .map_err(|error| format!("moving the running state into the new policy: {error}"))?;
+        let to = self.engine.policy().clone();
+        eprintln!("waypoint: scheduling policy swapped from {from} to {to}");
+        self.parts
+            .metrics
+            .policy_running((&to.name, &to.version), Some((&from.name, &from.version)));
+        if let Some(spans) = self.parts.spans.as_mut() {
+            let requests = self
+                .engine
+                .payloads_mut()
+                .filter_map(|client| client.span.as_mut());
+            spans.policy_swapped(requests, &from.to_string(), &to.to_string(), now);
+        }
+        Ok(to)
     }
 
     /// `wanted`, or `wanted-1`, `wanted-2`, ... if a live request holds it: a client's

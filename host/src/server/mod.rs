@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP server: routes, shared state, authentication and the body limit.
 
+pub mod admin;
 mod error;
 mod generate;
 pub mod protocol;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub tenants: tenants::Tenants,
     /// Whether requests may ask for their timings (`return_timings`).
     pub request_timings: bool,
+    /// `POST /admin/scheduler`, when the server has an admin key.
+    pub admin: Option<admin::Admin>,
     /// The server's clock.
     pub clock: Clock,
     /// Prometheus metrics.
@@ -116,9 +119,18 @@ impl AppState {
     }
 }
 
-/// The server's routes.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+/// The server's routes; `/admin/scheduler` takes bodies up to `policy_limit` bytes.
+pub fn router(state: Arc<AppState>, body_limit: usize, policy_limit: usize) -> Router {
+    let admin = if state.admin.is_some() {
+        Router::new().route(
+            "/admin/scheduler",
+            post(admin::swap_scheduler).layer(DefaultBodyLimit::max(policy_limit)),
+        )
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(admin)
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/models", get(models))

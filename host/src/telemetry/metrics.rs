@@ -123,6 +123,7 @@ pub struct Metrics {
     tenant_time_to_first_token: HistogramFamily,
     tenant_e2e_request_latency: HistogramFamily,
     tenant_info: Family<Labels, Gauge>,
+    policy_info: Family<Labels, Gauge>,
     seen: Mutex<SeenTotals>,
 }
 
@@ -164,6 +165,7 @@ impl Metrics {
             tenant_time_to_first_token: Family::new_with_constructor(ttft_histogram),
             tenant_e2e_request_latency: Family::new_with_constructor(request_histogram),
             tenant_info: Family::default(),
+            policy_info: Family::default(),
             seen: Mutex::new(SeenTotals::default()),
             registry: Registry::default(),
         };
@@ -315,6 +317,11 @@ impl Metrics {
             metrics.tenant_e2e_request_latency.clone(),
         );
         r.register(
+            "waypoint:policy_info",
+            "1 for the scheduling policy running now.",
+            metrics.policy_info.clone(),
+        );
+        r.register(
             "waypoint:tenant_info",
             "1 for each tenant label with the scheduler client index it maps to.",
             metrics.tenant_info.clone(),
@@ -331,6 +338,20 @@ impl Metrics {
         self.tenant_time_to_first_token
             .get_or_create(&tenant(tenant_label))
             .observe(seconds);
+    }
+
+    /// The scheduler now runs `policy` (name and version), instead of `previous` if one ran.
+    pub fn policy_running(&self, policy: (&str, &str), previous: Option<(&str, &str)>) {
+        let labels = |(name, version): (&str, &str)| {
+            vec![
+                ("name".to_owned(), name.to_owned()),
+                ("version".to_owned(), version.to_owned()),
+            ]
+        };
+        if let Some(previous) = previous {
+            self.policy_info.remove(&labels(previous));
+        }
+        self.policy_info.get_or_create(&labels(policy)).set(1);
     }
 
     /// A request came from the tenant labelled `tenant_label`, scheduled as `client_index`.

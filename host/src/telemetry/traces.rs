@@ -371,6 +371,31 @@ impl CoreSpans {
         }
     }
 
+    /// The running scheduler's policy was swapped: a `scheduler.POLICY_SWAPPED` event on the
+    /// open step window and on every live request's `llm_core`.
+    pub fn policy_swapped<'a>(
+        &mut self,
+        requests: impl Iterator<Item = &'a mut RequestSpan>,
+        from: &str,
+        to: &str,
+        now_ns: u64,
+    ) {
+        let at = self.tracing.clock.wall(now_ns);
+        let attributes = || {
+            [
+                KeyValue::new("policy.from", from.to_owned()),
+                KeyValue::new("policy.to", to.to_owned()),
+            ]
+        };
+        if let Some(window) = self.window.as_mut() {
+            window.add_event_with_timestamp("scheduler.POLICY_SWAPPED", at, attributes().to_vec());
+        }
+        for span in requests {
+            span.0
+                .add_event_with_timestamp("scheduler.POLICY_SWAPPED", at, attributes().to_vec());
+        }
+    }
+
     /// Open, fill and close `scheduler_steps_<n>` windows from the scheduler's step records;
     /// `ts_end_ns` is when the step's work ended.
     pub fn steps(&mut self, events: &[StepEvent], ts_end_ns: u64) {

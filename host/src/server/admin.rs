@@ -1,0 +1,111 @@
+//! `POST /admin/scheduler`: a policy component uploaded into the running server, compiled,
+//! checked against the scheduler contract, and swapped in between two steps with the running
+//! state. Off unless the server has an admin key.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use waypoint_scheduler::SchedulerConfig;
+
+use super::{ApiError, AppState};
+use crate::backend::SchedulerBackend;
+use crate::conformance;
+use crate::guest::GuestRuntime;
+
+/// What the admin route needs: its key, and how to build a scheduler from an upload.
+pub struct Admin {
+    /// The key callers send as `Authorization: Bearer <key>`.
+    pub api_key: String,
+    /// The wasmtime engine uploads are compiled on.
+    pub runtime: GuestRuntime,
+    /// The running scheduler's configuration, which the new policy takes over.
+    pub config: SchedulerConfig,
+}
+
+/// `POST /admin/scheduler` with a component as the body.
+pub async fn swap_scheduler(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match swapped(&app, &headers, body).await {
+        Ok(policy) => Json(policy).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn swapped(
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    let Some(admin) = &app.admin else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no route /admin/scheduler",
+        ));
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if sent != Some(admin.api_key.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin key: send `Authorization: Bearer <admin key>`",
+        ));
+    }
+    let bytes =
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let runtime = admin.runtime.clone();
+    let config = admin.config;
+    // Compiling and checking take a while; they stay off the async workers.
+    let backend = tokio::task::spawn_blocking(move || checked_backend(&runtime, &bytes, config))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let policy = app
+        .engine
+        .swap(backend)
+        .await
+        .map_err(|message| ApiError::new(StatusCode::CONFLICT, message))?;
+    Ok(serde_json::json!({
+        "object": "scheduler",
+        "name": policy.name,
+        "version": policy.version,
+        "origin": policy.origin,
+    }))
+}
+
+/// The upload as a scheduler of `config`, once it compiles and passes every conformance check.
+fn checked_backend(
+    runtime: &GuestRuntime,
+    bytes: &[u8],
+    config: SchedulerConfig,
+) -> Result<Box<dyn SchedulerBackend + Send>, ApiError> {
+    let module = runtime
+        .load(bytes, "POST /admin/scheduler")
+        .map_err(|e| ApiError::invalid(format!("the component does not load: {e}")))?;
+    let failed: Vec<String> = conformance::run(&module)
+        .into_iter()
+        .filter_map(|outcome| {
+            outcome
+                .failure
+                .map(|why| format!("{}: {why}", outcome.scenario))
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "the component fails the conformance checks, so the running policy stays: {}",
+            failed.join("; ")
+        )));
+    }
+    let backend = module
+        .create(config)
+        .map_err(|e| ApiError::invalid(format!("the component cannot start: {e}")))?;
+    Ok(Box::new(backend))
+}

@@ -1,0 +1,158 @@
+//! `POST /admin/scheduler` through the real binary: a policy component swapped into a server
+//! under a live stream, which goes on without failing or recomputing; components that do not
+//! load or break the contract leave the running policy in place.
+
+mod serving;
+
+use std::io::{BufRead, BufReader};
+
+use serving::Server;
+use waypoint_scheduler::{JourneyEvent, JourneyEventType};
+
+fn component(name: &str) -> Vec<u8> {
+    let path = format!("{}/../components/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run `cargo xtask all`)"))
+}
+
+fn policy_info(server: &Server) -> Vec<String> {
+    reqwest::blocking::get(format!("{}/metrics", server.url))
+        .and_then(|r| r.text())
+        .expect("metrics")
+        .lines()
+        .filter(|line| line.starts_with("waypoint:policy_info{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
+    let log = std::env::temp_dir().join(format!("waypoint-swap-{}.jsonl", std::process::id()));
+    let server = Server::start(
+        &[
+            "--admin-api-key",
+            "root",
+            "--max-policy-bytes",
+            "4000000",
+            "--journey-log",
+            log.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let client = reqwest::blocking::Client::new();
+    let admin = format!("{}/admin/scheduler", server.url);
+    let upload = |bytes: Vec<u8>, key: Option<&str>| {
+        let mut request = client.post(&admin).body(bytes);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().expect("answer");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json::<serde_json::Value>().expect("a JSON body"),
+        )
+    };
+    assert!(policy_info(&server)
+        .iter()
+        .any(|line| line.contains("name=\"fcfs\"")));
+
+    let stream = client
+        .post(format!("{}/v1/completions", server.url))
+        .header("X-Request-Id", "long")
+        .json(&serde_json::json!({
+            "model": "tiny", "prompt": "a stream across a policy swap", "max_tokens": 300,
+            "ignore_eos": true, "stream": true,
+        }))
+        .send()
+        .expect("a stream");
+    let mut lines = BufReader::new(stream).lines();
+    let mut chunks = 0;
+    while chunks < 5 {
+        let line = lines.next().expect("a line").expect("readable");
+        chunks += usize::from(line.starts_with("data: {"));
+    }
+
+    let (status, body) = upload(component("priority.wasm"), None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = upload(b"not a component".to_vec(), Some("root"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("does not load")));
+    let (status, body) = upload(component("hostile/lie-range.wasm"), Some("root"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("conformance")),
+        "{body}"
+    );
+    let (status, _) = upload(vec![0; 4_000_001], Some("root"));
+    assert_eq!(status, 413);
+    assert!(policy_info(&server)
+        .iter()
+        .any(|line| line.contains("name=\"fcfs\"")));
+
+    let (status, body) = upload(component("priority.wasm"), Some("root"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "priority");
+    let info = policy_info(&server);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(
+        info[0].contains("name=\"priority\"") && info[0].ends_with(" 1"),
+        "{info:?}"
+    );
+
+    // The stream goes on to its end.
+    let rest: Vec<String> = lines.map(|line| line.expect("readable")).collect();
+    let finished: Vec<&String> = rest
+        .iter()
+        .filter(|line| line.contains("\"finish_reason\":\"length\""))
+        .collect();
+    assert_eq!(finished.len(), 1, "{rest:?}");
+    assert!(rest.iter().any(|line| line == "data: [DONE]"));
+    assert!(
+        !rest.iter().any(|line| line.contains("\"error\"")),
+        "{rest:?}"
+    );
+
+    // New requests run on the new policy.
+    let response = client
+        .post(format!("{}/v1/completions", server.url))
+        .json(&serde_json::json!({"model": "tiny", "prompt": "after", "max_tokens": 3}))
+        .send()
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    server.stop();
+
+    // The journey went on: scheduled once, never preempted or recomputed, finished at length.
+    let journey: Vec<JourneyEvent> = std::fs::read_to_string(&log)
+        .expect("the journey log")
+        .lines()
+        .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+        .filter(|event| event.request_id.to_string() == "long")
+        .collect();
+    let types: Vec<JourneyEventType> = journey.iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        types,
+        [
+            JourneyEventType::Queued,
+            JourneyEventType::Scheduled,
+            JourneyEventType::FirstToken,
+            JourneyEventType::Finished
+        ]
+    );
+    assert_eq!(journey[3].decode_done_tokens, 300);
+}
+
+#[test]
+fn the_admin_route_is_off_without_an_admin_key() {
+    let server = Server::start(&[], &[]);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/admin/scheduler", server.url))
+        .body(component("priority.wasm"))
+        .send()
+        .expect("answer");
+    assert_eq!(response.status(), 404);
+    server.stop();
+}
