@@ -96,6 +96,11 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
     let (status, body) = upload(component("priority.wasm"), Some("root"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "priority");
+    assert!(
+        body["pause_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{body}"
+    );
+    assert_eq!(body["live_requests"], 1, "the stream's request moved over");
     let info = policy_info(&server);
     assert_eq!(info.len(), 1, "{info:?}");
     assert!(

@@ -89,7 +89,7 @@ enum Command {
     Abort(RequestId),
     Swap {
         backend: Box<dyn SchedulerBackend + Send>,
-        reply: oneshot::Sender<Result<PolicyDescription, String>>,
+        reply: oneshot::Sender<Result<Swapped, String>>,
     },
 }
 
@@ -117,6 +117,17 @@ pub struct EngineHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A policy swap that took place.
+#[derive(Clone, Debug)]
+pub struct Swapped {
+    /// The policy now running.
+    pub policy: PolicyDescription,
+    /// How long the engine spent moving the state, between two steps.
+    pub pause_ns: u64,
+    /// Requests the state carried over.
+    pub live_requests: usize,
+}
+
 /// The engine thread has stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("the engine thread has stopped")]
@@ -132,10 +143,7 @@ impl EngineHandle {
 
     /// Between two steps, move the running state into `backend` and serve on it; the answer is
     /// the new policy, or why the old one keeps running.
-    pub async fn swap(
-        &self,
-        backend: Box<dyn SchedulerBackend + Send>,
-    ) -> Result<PolicyDescription, String> {
+    pub async fn swap(&self, backend: Box<dyn SchedulerBackend + Send>) -> Result<Swapped, String> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Swap { backend, reply })
@@ -452,10 +460,7 @@ impl Worker {
     }
 
     /// Swap the policy between steps; the journeys, streams and spans of live requests go on.
-    fn swap(
-        &mut self,
-        backend: Box<dyn SchedulerBackend + Send>,
-    ) -> Result<PolicyDescription, String> {
+    fn swap(&mut self, backend: Box<dyn SchedulerBackend + Send>) -> Result<Swapped, String> {
         if let Some(reason) = self.availability.reason() {
             return Err(format!(
                 "the scheduler cannot take a new policy now: {reason}"
@@ -467,7 +472,12 @@ impl Worker {
             .swap_backend(backend, now)
             .map_err(|error| format!("moving the running state into the new policy: {error}"))?;
         let to = self.engine.policy().clone();
-        eprintln!("waypoint: scheduling policy swapped from {from} to {to}");
+        let pause_ns = self.parts.clock.now_ns().saturating_sub(now);
+        eprintln!(
+            "waypoint: scheduling policy swapped from {from} to {to} ({:.2} ms between two steps, {} live requests)",
+            pause_ns as f64 / 1e6,
+            self.engine.num_unfinished()
+        );
         self.parts
             .metrics
             .policy_running((&to.name, &to.version), Some((&from.name, &from.version)));
@@ -478,7 +488,11 @@ impl Worker {
                 .filter_map(|client| client.span.as_mut());
             spans.policy_swapped(requests, &from.to_string(), &to.to_string(), now);
         }
-        Ok(to)
+        Ok(Swapped {
+            policy: to,
+            pause_ns,
+            live_requests: self.engine.num_unfinished(),
+        })
     }
 
     /// `wanted`, or `wanted-1`, `wanted-2`, ... if a live request holds it: a client's

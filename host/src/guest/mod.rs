@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
@@ -138,6 +138,12 @@ impl GuestRuntime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // Compiled components are kept in wasmtime's cache (keyed by the component, wasmtime's
+        // version and these settings), so a command starts without compiling again. Without a
+        // usable cache directory, components are compiled each time.
+        if let Ok(cache) = Cache::new(CacheConfig::new()) {
+            config.cache(Some(cache));
+        }
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("starting wasmtime: {e:?}"))?;
         Ok(Self {

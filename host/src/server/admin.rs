@@ -68,16 +68,18 @@ async fn swapped(
     let backend = tokio::task::spawn_blocking(move || checked_backend(&runtime, &bytes, config))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let policy = app
+    let swapped = app
         .engine
         .swap(backend)
         .await
         .map_err(|message| ApiError::new(StatusCode::CONFLICT, message))?;
     Ok(serde_json::json!({
         "object": "scheduler",
-        "name": policy.name,
-        "version": policy.version,
-        "origin": policy.origin,
+        "name": swapped.policy.name,
+        "version": swapped.policy.version,
+        "origin": swapped.policy.origin,
+        "pause_ms": swapped.pause_ns as f64 / 1e6,
+        "live_requests": swapped.live_requests,
     }))
 }
 
