@@ -93,6 +93,40 @@ fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
+/// The guests' standard library for wasm32: present, or added with rustup, or a clear error
+/// (rather than rustc's "can't find crate for `core`").
+fn ensure_wasm_target() -> Result<()> {
+    if env::var_os("WAYPOINT_WASM_SYSROOT").is_some() {
+        return Ok(());
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .with_context(|| format!("running {rustc} --print sysroot"))?;
+    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .is_dir()
+    {
+        return Ok(());
+    }
+    eprintln!("the {TARGET} target is not installed: running `rustup target add {TARGET}`");
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !added {
+        bail!(
+            "the guest components need Rust's {TARGET} standard library, and `rustup target add \
+             {TARGET}` did not install it. Install it that way, or set WAYPOINT_WASM_SYSROOT to a \
+             sysroot built for {TARGET} (as .ci/run does when rustup cannot reach its server)"
+        );
+    }
+    Ok(())
+}
+
 /// Build one guest's core module and return its path.
 fn build_core_module(root: &Path, package: &str, feature: &str, profile: &str) -> Result<PathBuf> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -142,6 +176,7 @@ fn componentize(core_module: &Path, output: &Path) -> Result<()> {
 }
 
 fn build(guests: &[Guest], profile: &str) -> Result<()> {
+    ensure_wasm_target()?;
     let root = workspace_root();
     for guest in guests {
         build_one(&root, guest.package, guest.feature, guest.output, profile)?;
