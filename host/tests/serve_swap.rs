@@ -6,7 +6,7 @@ mod serving;
 
 use std::io::{BufRead, BufReader};
 
-use serving::Server;
+use serving::{journey_log, Server};
 use waypoint_scheduler::{JourneyEvent, JourneyEventType};
 
 fn component(name: &str) -> Vec<u8> {
@@ -131,10 +131,8 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
     server.stop();
 
     // The journey went on: scheduled once, never preempted or recomputed, finished at length.
-    let journey: Vec<JourneyEvent> = std::fs::read_to_string(&log)
-        .expect("the journey log")
-        .lines()
-        .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+    let journey: Vec<JourneyEvent> = journey_log(&log)
+        .into_iter()
         .filter(|event| event.request_id.to_string() == "long")
         .collect();
     let types: Vec<JourneyEventType> = journey.iter().map(|e| e.event_type).collect();

@@ -4,8 +4,7 @@
 
 mod serving;
 
-use serving::Server;
-use waypoint_scheduler::JourneyEvent;
+use serving::{journey_log, post_with_id, Server};
 
 fn json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
@@ -120,14 +119,7 @@ fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
     let server = Server::start(&["--journey-log", log.to_str().expect("utf-8 path")], &[]);
     let client = reqwest::blocking::Client::new();
     let completions = format!("{}/v1/completions", server.url);
-    let send = |id: &str, body: serde_json::Value| {
-        client
-            .post(&completions)
-            .header("X-Request-Id", id)
-            .json(&body)
-            .send()
-            .expect("answer")
-    };
+    let send = |id: &str, body: serde_json::Value| post_with_id(&client, &completions, id, &body);
     let echoed = |response: &reqwest::blocking::Response| {
         response
             .headers()
@@ -186,15 +178,9 @@ fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
     assert_eq!(echoed(&response).as_deref(), Some("lost-1"));
     server.stop();
 
-    let journeys = std::fs::read_to_string(&log).expect("the journey log");
-    let ids: std::collections::BTreeSet<String> = journeys
-        .lines()
-        .map(|line| {
-            JourneyEvent::from_json_line(line)
-                .expect("a journey line")
-                .request_id
-                .to_string()
-        })
+    let ids: std::collections::BTreeSet<String> = journey_log(&log)
+        .into_iter()
+        .map(|event| event.request_id.to_string())
         .collect();
     for id in ["client-42", "client-sse", "same", "same-1"] {
         assert!(ids.contains(id), "no journey for {id}: {ids:?}");
@@ -345,11 +331,10 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
     }
     server.stop();
 
-    let journeys = std::fs::read_to_string(&log).expect("the journey log");
+    let journeys = journey_log(&log);
     let index_of = |id: &str| {
         journeys
-            .lines()
-            .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+            .iter()
             .find(|event| event.request_id.to_string() == id)
             .map(|event| event.client_index)
             .unwrap_or_else(|| panic!("no journey for {id}"))
@@ -381,12 +366,7 @@ fn timings_come_from_the_journey_when_asked_for_and_only_then() {
         for (key, value) in extra.as_object().expect("an object") {
             body[key] = value.clone();
         }
-        client
-            .post(&completions)
-            .header("X-Request-Id", id)
-            .json(&body)
-            .send()
-            .expect("answer")
+        post_with_id(&client, &completions, id, &body)
     };
 
     let response = ask("plain", serde_json::json!({}));
@@ -457,10 +437,8 @@ fn timings_come_from_the_journey_when_asked_for_and_only_then() {
     server.stop();
 
     // The steps are the journey's own.
-    let events: Vec<JourneyEvent> = std::fs::read_to_string(&log)
-        .expect("the journey log")
-        .lines()
-        .map(|line| JourneyEvent::from_json_line(line).expect("a journey line"))
+    let events: Vec<_> = journey_log(&log)
+        .into_iter()
         .filter(|event| event.request_id.to_string() == "timed")
         .collect();
     let scheduled = events

@@ -21,6 +21,30 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 /// A free TCP port on loopback.
+/// The events of a journey log `waypoint serve` wrote.
+pub fn journey_log(path: &std::path::Path) -> Vec<waypoint_scheduler::JourneyEvent> {
+    std::fs::read_to_string(path)
+        .expect("the journey log")
+        .lines()
+        .map(|line| waypoint_scheduler::JourneyEvent::from_json_line(line).expect("a journey line"))
+        .collect()
+}
+
+/// A completion request with an `X-Request-Id`.
+pub fn post_with_id(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    id: &str,
+    body: &serde_json::Value,
+) -> reqwest::blocking::Response {
+    client
+        .post(url)
+        .header("X-Request-Id", id)
+        .json(body)
+        .send()
+        .expect("answer")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
