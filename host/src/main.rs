@@ -573,9 +573,7 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving")?;
-            if let Ok(state) = Arc::try_unwrap(state) {
-                state.engine.join();
-            }
+            state.engine.join();
             if let Some(tracing) = tracing {
                 tokio::task::spawn_blocking(move || tracing.shutdown())
                     .await

@@ -91,6 +91,8 @@ enum Command {
         backend: Box<dyn SchedulerBackend + Send>,
         reply: oneshot::Sender<Result<Swapped, String>>,
     },
+    /// Finish the live requests, then stop.
+    Shutdown,
 }
 
 /// Why the engine cannot serve right now, shared between the engine thread and the server.
@@ -114,7 +116,7 @@ impl Availability {
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     availability: Availability,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A policy swap that took place.
@@ -160,17 +162,29 @@ impl EngineHandle {
     /// Why the engine cannot serve now (a scheduler being reloaded after a fault, or one that
     /// could not be reloaded, or an engine thread that stopped); `None` while it can.
     pub fn unavailable(&self) -> Option<String> {
-        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+        let stopped = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished);
+        if stopped {
             return Some("the engine thread has stopped".into());
         }
         self.availability.reason()
     }
 
-    /// Stop the thread once its requests are done, and wait for it.
-    pub fn join(mut self) {
-        let (dummy, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.commands, dummy));
-        if let Some(thread) = self.thread.take() {
+    /// Stop the thread once its requests are done (its journey log flushed, its step window
+    /// closed), and wait for it. Handlers that still hold the server's state do not keep it
+    /// running.
+    pub fn join(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -201,6 +215,7 @@ pub fn spawn(engine: ServingEngine, parts: WorkerParts) -> std::io::Result<Engin
         engine,
         parts,
         availability: availability.clone(),
+        stopping: false,
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -208,7 +223,7 @@ pub fn spawn(engine: ServingEngine, parts: WorkerParts) -> std::io::Result<Engin
     Ok(EngineHandle {
         commands,
         availability,
-        thread: Some(thread),
+        thread: Mutex::new(Some(thread)),
     })
 }
 
@@ -318,6 +333,8 @@ struct Worker {
     engine: ServingEngine,
     parts: WorkerParts,
     availability: Availability,
+    /// Asked to stop once the live requests are done.
+    stopping: bool,
 }
 
 /// The client of a request that is live, or that finishes in the step being handled.
@@ -340,6 +357,9 @@ impl Worker {
         loop {
             if self.engine.num_unfinished() == 0 {
                 self.idle();
+                if self.stopping {
+                    break;
+                }
                 match commands.recv() {
                     Ok(command) => self.handle(command),
                     Err(mpsc::RecvError) => break,
@@ -387,6 +407,7 @@ impl Worker {
             Command::Swap { backend, reply } => {
                 let _ = reply.send(self.swap(backend));
             }
+            Command::Shutdown => self.stopping = true,
             Command::Abort(id) => {
                 if !self.engine.is_live(&id) {
                     return;
