@@ -1,5 +1,7 @@
 //! Engine flags shared by the commands that run a scheduler (vLLM's names where they exist).
 
+use std::fmt;
+
 use clap::Args;
 use waypoint_scheduler::SchedulerConfig;
 use waypoint_sim::settings::EngineSettings;
@@ -14,7 +16,7 @@ pub struct EngineArgs {
 }
 
 /// The settings that size an engine: batch and cache (the ones `waypoint sweep` varies).
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapacityArgs {
     /// Most requests running at once.
     #[arg(long, default_value_t = 128)]
@@ -25,6 +27,16 @@ pub struct CapacityArgs {
     /// KV cache blocks (block 0 is reserved).
     #[arg(long, alias = "num-gpu-blocks-override", default_value_t = 8192)]
     pub num_blocks: u32,
+}
+
+impl fmt::Display for CapacityArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seqs {} · tokens {} · blocks {}",
+            self.max_num_seqs, self.max_num_batched_tokens, self.num_blocks
+        )
+    }
 }
 
 /// Sequence, block and prefill settings.

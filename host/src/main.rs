@@ -656,17 +656,10 @@ fn sweep_command(cli: &Cli, args: &SweepArgs) -> Result<ExitCode> {
         },
     };
     let grid = sweep::Grid {
-        capacities: capacities
-            .iter()
-            .map(|capacity| sweep::Capacity {
-                max_num_seqs: capacity.max_num_seqs,
-                max_num_batched_tokens: capacity.max_num_batched_tokens,
-                num_blocks: capacity.num_blocks,
-            })
-            .collect(),
+        capacities,
         rates: args.request_rate.clone(),
         schedulers,
-        engine: args.sequence.settings(&capacities[0]),
+        sequence: args.sequence.clone(),
         workload: args.synthetic.settings(f64::INFINITY),
         settings,
         attainment: args.slo_attainment,

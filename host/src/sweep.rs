@@ -8,9 +8,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::args::{CapacityArgs, SequenceArgs};
 use crate::guest::PolicyModule;
 use crate::sim::report::Report;
-use crate::sim::settings::{EngineSettings, SyntheticSettings};
+use crate::sim::settings::SyntheticSettings;
 use crate::sim::{simulate, Outputs, Settings, SimError};
 use crate::spec::SchedulerSpec;
 
@@ -26,36 +27,18 @@ pub enum SweepError {
         /// The scheduler.
         scheduler: String,
         /// The engine configuration.
-        capacity: Capacity,
+        capacity: CapacityArgs,
         /// The request rate.
         rate: f64,
         /// What went wrong.
         source: SimError,
     },
+    /// The table could not be written as CSV.
+    #[error("writing the CSV table: {0}")]
+    Csv(#[from] csv::Error),
     /// The chart could not be drawn.
     #[error("drawing the chart: {0}")]
     Chart(String),
-}
-
-/// The engine settings a sweep varies; every other engine flag is the same for all points.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    /// `--max-num-seqs`.
-    pub max_num_seqs: u32,
-    /// `--max-num-batched-tokens`.
-    pub max_num_batched_tokens: u32,
-    /// `--num-blocks`.
-    pub num_blocks: u32,
-}
-
-impl fmt::Display for Capacity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seqs {} · tokens {} · blocks {}",
-            self.max_num_seqs, self.max_num_batched_tokens, self.num_blocks
-        )
-    }
 }
 
 /// A scheduler to sweep, compiled once and instantiated per point.
@@ -69,13 +52,13 @@ pub struct Scheduler {
 /// The grid and what stays fixed across it.
 pub struct Grid {
     /// Engine configurations.
-    pub capacities: Vec<Capacity>,
+    pub capacities: Vec<CapacityArgs>,
     /// Mean arrivals per second.
     pub rates: Vec<f64>,
     /// Schedulers.
     pub schedulers: Vec<Scheduler>,
-    /// Engine flags; the capacity fields are replaced per point.
-    pub engine: EngineSettings,
+    /// The engine flags every configuration shares.
+    pub sequence: SequenceArgs,
     /// The synthetic workload; its rate is replaced per point, its seed kept, so every point
     /// sees the same requests.
     pub workload: SyntheticSettings,
@@ -130,7 +113,7 @@ pub struct Point {
 impl Point {
     fn new(
         scheduler: &Scheduler,
-        capacity: Capacity,
+        capacity: CapacityArgs,
         rate: f64,
         report: &Report,
         attainment: f64,
@@ -162,8 +145,8 @@ impl Point {
         }
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity {
+    fn capacity(&self) -> CapacityArgs {
+        CapacityArgs {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             num_blocks: self.num_blocks,
@@ -198,7 +181,7 @@ impl Grid {
             return bad("a sweep needs --slo-ttft-ms or --slo-tpot-ms to find capacity".into());
         }
         self.workload
-            .synthetic(self.engine.max_model_len)
+            .synthetic(self.sequence.max_model_len)
             .map(drop)
             .map_err(SweepError::Settings)
     }
@@ -210,7 +193,7 @@ impl Grid {
         let mut rates = self.rates.clone();
         rates.sort_by(f64::total_cmp);
         rates.dedup();
-        let cells: Vec<(&Scheduler, Capacity, f64)> = self
+        let cells: Vec<(&Scheduler, CapacityArgs, f64)> = self
             .schedulers
             .iter()
             .flat_map(|scheduler| {
@@ -224,7 +207,8 @@ impl Grid {
             .par_iter()
             .map(|&(scheduler, capacity, rate)| self.point(scheduler, capacity, rate))
             .collect::<Result<Vec<_>, _>>()?;
-        for line in points.chunk_by_mut(|a, b| a.line() == b.line()) {
+        // Grid order puts each line's rates side by side.
+        for line in points.chunks_mut(rates.len()) {
             let passing = line.iter().take_while(|point| point.meets_slo).count();
             if let Some(point) = passing.checked_sub(1).map(|last| &mut line[last]) {
                 point.max_rate_meeting_slo = true;
@@ -236,7 +220,7 @@ impl Grid {
     fn point(
         &self,
         scheduler: &Scheduler,
-        capacity: Capacity,
+        capacity: CapacityArgs,
         rate: f64,
     ) -> Result<Point, SweepError> {
         let failed = |source: SimError| SweepError::Point {
@@ -245,12 +229,7 @@ impl Grid {
             rate,
             source,
         };
-        let engine = EngineSettings {
-            max_num_seqs: capacity.max_num_seqs,
-            max_num_batched_tokens: capacity.max_num_batched_tokens,
-            num_blocks: capacity.num_blocks,
-            ..self.engine
-        };
+        let engine = self.sequence.settings(&capacity);
         let workload = SyntheticSettings {
             request_rate: Some(rate),
             ..self.workload.clone()
@@ -282,14 +261,13 @@ impl Grid {
 pub fn csv(points: &[Point]) -> Result<String, SweepError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for point in points {
-        writer
-            .serialize(point)
-            .map_err(|error| SweepError::Settings(format!("writing CSV: {error}")))?;
+        writer.serialize(point)?;
     }
     let bytes = writer
         .into_inner()
-        .map_err(|error| SweepError::Settings(format!("writing CSV: {error}")))?;
-    String::from_utf8(bytes).map_err(|error| SweepError::Settings(error.to_string()))
+        .map_err(|error| csv::Error::from(error.into_error()))?;
+    // Every field is a Rust string or a number, so the bytes are UTF-8.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Each line's highest passing rate, for the summary on stdout.

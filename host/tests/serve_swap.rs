@@ -15,9 +15,8 @@ fn component(name: &str) -> Vec<u8> {
 }
 
 fn policy_info(server: &Server) -> Vec<String> {
-    reqwest::blocking::get(format!("{}/metrics", server.url))
-        .and_then(|r| r.text())
-        .expect("metrics")
+    server
+        .metrics()
         .lines()
         .filter(|line| line.starts_with("waypoint:policy_info{"))
         .map(str::to_owned)

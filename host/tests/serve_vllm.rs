@@ -190,9 +190,7 @@ fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
 
 /// The value of one counter of `/metrics`.
 fn counter(server: &Server, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .and_then(|r| r.text())
-        .expect("metrics");
+    let text = server.metrics();
     text.lines()
         .find(|line| line.starts_with(&format!("{name}{{")))
         .and_then(|line| line.rsplit(' ').next())
@@ -298,9 +296,7 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
     send("carol", None, Some("carol"));
     send("dave", Some("dave"), None);
 
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .and_then(|r| r.text())
-        .expect("metrics");
+    let metrics = server.metrics();
     let count = |tenant: &str| {
         metrics
             .lines()

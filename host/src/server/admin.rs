@@ -7,12 +7,11 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use waypoint_scheduler::SchedulerConfig;
 
-use super::{ApiError, AppState};
+use super::{bearer, json_or_error, ApiError, AppState};
 use crate::backend::SchedulerBackend;
 use crate::conformance;
 use crate::guest::GuestRuntime;
@@ -33,10 +32,7 @@ pub async fn swap_scheduler(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match swapped(&app, &headers, body).await {
-        Ok(policy) => Json(policy).into_response(),
-        Err(error) => error.into_response(),
-    }
+    json_or_error(swapped(&app, &headers, body).await)
 }
 
 async fn swapped(
@@ -50,11 +46,7 @@ async fn swapped(
             "no route /admin/scheduler",
         ));
     };
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if sent != Some(admin.api_key.as_str()) {
+    if bearer(headers) != Some(admin.api_key.as_str()) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin key: send `Authorization: Bearer <admin key>`",

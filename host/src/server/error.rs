@@ -23,6 +23,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 400: a body that is not the JSON the route takes.
+    pub fn invalid_body(error: serde_json::Error) -> Self {
+        Self::invalid(format!("invalid request body: {error}"))
+    }
+
     /// 400 naming the parameter at fault.
     pub fn invalid_param(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {

@@ -92,8 +92,7 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let body =
         body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    serde_json::from_slice(&body).map_err(ApiError::invalid_body)
 }
 
 /// A plain chat template that any byte- or BPE-tokenized model can follow; with
@@ -603,6 +602,17 @@ async fn serve(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let (id, response) = answer(app, endpoint, headers, body).await;
+    echoed(response, &id)
+}
+
+/// The response to a completion request, and the request's id, which every response carries.
+async fn answer(
+    app: Arc<AppState>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> (String, Response) {
     let arrival_ns = app.clock.now_ns();
     let sampled = app.sample_journey();
     let mut span = match (&app.tracing, sampled) {
@@ -613,7 +623,7 @@ async fn serve(
         Ok(requested) => requested,
         Err(error) => {
             let id = app.response_id(endpoint.id_prefix());
-            return echoed(refuse(&mut span, &app, "validation_error", error), &id);
+            return (id, refuse(&mut span, &app, "validation_error", error));
         }
     };
     if let Some(requested) = &requested {
@@ -627,11 +637,11 @@ async fn serve(
         .unwrap_or_else(|| app.response_id(endpoint.id_prefix()));
     let prepared = match prepare(&app, endpoint, &headers, body, &id, &mut span) {
         Ok(prepared) => prepared,
-        Err(error) => return echoed(refuse(&mut span, &app, "validation_error", error), &id),
+        Err(error) => return (id, refuse(&mut span, &app, "validation_error", error)),
     };
     if let Some(reason) = app.engine.unavailable() {
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; retry"));
-        return echoed(refuse(&mut span, &app, "unavailable", error), &id);
+        return (id, refuse(&mut span, &app, "unavailable", error));
     }
     let prompt_tokens = prepared.request.prompt_token_ids.len() as u64;
     let tenant = prepared.tenant.label;
@@ -652,7 +662,7 @@ async fn serve(
     };
     if app.engine.submit(submission).is_err() {
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
-        return echoed(refuse(&mut span, &app, "unavailable", error), &id);
+        return (id, refuse(&mut span, &app, "unavailable", error));
     }
     let mut flight = Flight {
         endpoint,
@@ -703,12 +713,12 @@ async fn serve(
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
                 ),
             };
-            return echoed(refuse(&mut flight.span, &app, reason, error), &id);
+            return (id, refuse(&mut flight.span, &app, reason, error));
         }
         _ => {
             flight.guard.finished = true;
             let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
-            return echoed(refuse(&mut flight.span, &app, "unavailable", error), &id);
+            return (id, refuse(&mut flight.span, &app, "unavailable", error));
         }
     };
     let response = if prepared.stream {
@@ -718,7 +728,7 @@ async fn serve(
     } else {
         respond(flight).await
     };
-    echoed(response, &id)
+    (id, response)
 }
 
 fn refuse(span: &mut ApiSpan, app: &AppState, reason: &'static str, error: ApiError) -> Response {

@@ -101,21 +101,29 @@ impl AppState {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else {
-            return Ok(());
-        };
-        let sent = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if sent == Some(key.as_str()) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
+        match &self.api_key {
+            Some(key) if bearer(headers) != Some(key.as_str()) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong API key: send `Authorization: Bearer <key>`",
-            ))
+            )),
+            _ => Ok(()),
         }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// A handler's answer: the body as JSON, or the error in OpenAI's shape.
+fn json_or_error<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => error.into_response(),
     }
 }
 

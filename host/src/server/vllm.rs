@@ -13,14 +13,14 @@ use super::generate::{chat_prompt, parse};
 use super::protocol::{
     DetokenizeRequest, DetokenizeResponse, TokenizeChat, TokenizeCompletion, TokenizeResponse,
 };
-use super::{ApiError, AppState};
+use super::{json_or_error, ApiError, AppState};
 
 /// `POST /tokenize`: a prompt, or a conversation through the chat template.
 pub async fn tokenize(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    tokenized(&app, body).map_or_else(IntoResponse::into_response, |r| Json(r).into_response())
+    json_or_error(tokenized(&app, body))
 }
 
 fn tokenized(
@@ -66,7 +66,7 @@ pub async fn detokenize(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    detokenized(&app, body).map_or_else(IntoResponse::into_response, |r| Json(r).into_response())
+    json_or_error(detokenized(&app, body))
 }
 
 fn detokenized(

@@ -88,6 +88,13 @@ impl Server {
         panic!("waypoint serve did not start listening on port {port}");
     }
 
+    /// The text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.url))
+            .and_then(|r| r.text())
+            .expect("metrics")
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
