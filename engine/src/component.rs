@@ -18,7 +18,6 @@ use waypoint_scheduler::{
 
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::fault::{Call, ContractViolation, GuestFault};
-use crate::wire;
 
 /// The calls of the `waypoint:scheduler` world as one binding makes them. A transport converts
 /// its binding's types to the scheduler crate's records and reports traps, timeouts and
@@ -35,8 +34,7 @@ pub trait Transport {
     /// `update-from-output`: a token per entry and the entries that have none.
     fn update_from_output(
         &mut self,
-        token_ids: &[u32],
-        missing: &[u32],
+        output: &ModelOutput,
         now_ns: u64,
     ) -> Result<EngineOutputs, BackendError>;
     /// `finish-requests`.
@@ -544,9 +542,7 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
         output: &ModelOutput,
         now_ns: u64,
     ) -> Result<EngineOutputs, BackendError> {
-        let (token_ids, missing) = wire::model_output(output);
-        let outputs =
-            self.call(|transport| transport.update_from_output(&token_ids, &missing, now_ns))?;
+        let outputs = self.call(|transport| transport.update_from_output(output, now_ns))?;
         let checked = self.mirror.check_outputs(&outputs, output);
         self.checked(checked)?;
         Ok(outputs)

@@ -4,7 +4,6 @@
 //! - [`component`]: the one backend for policy components, generic over the [`Transport`] that
 //!   carries its calls (wasmtime in the host, jco in the browser); it owns fault poisoning, the
 //!   host's mirror of live requests and the check of every result ([`ContractViolation`]);
-//! - [`wire`]: the records as a component sends them;
 //! - `step` (feature `model`): the step loop that joins a backend with the model runner.
 //!
 //! The simulator builds on this crate without the `model` feature, so it needs no burn.
@@ -14,7 +13,6 @@ pub mod component;
 pub mod fault;
 #[cfg(feature = "model")]
 pub mod step;
-pub mod wire;
 
 pub use backend::{BackendError, NativeBackend, PolicyDescription, SchedulerBackend};
 pub use component::{ComponentBackend, Transport};

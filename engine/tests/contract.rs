@@ -44,8 +44,7 @@ impl Transport for Scripted {
     }
     fn update_from_output(
         &mut self,
-        _token_ids: &[u32],
-        _missing: &[u32],
+        _output: &ModelOutput,
         _now_ns: u64,
     ) -> Result<EngineOutputs, BackendError> {
         Ok(self.outputs.take().unwrap_or_default())

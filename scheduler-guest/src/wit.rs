@@ -617,5 +617,32 @@ macro_rules! wit_conversions {
                 }
             }
         }
+        // The one record whose WIT shape differs: a token per entry (0 where none) and the
+        // positions that have none, so a decode step crosses as two flat lists.
+        impl $crate::wit::Convert<$wit::ModelOutput> for &$crate::ModelOutput {
+            fn convert(self) -> $wit::ModelOutput {
+                let sampled = &self.sampled_token_ids;
+                $wit::ModelOutput {
+                    token_ids: sampled.iter().map(|token| token.unwrap_or(0)).collect(),
+                    missing: (0..sampled.len() as u32)
+                        .filter(|&index| sampled[index as usize].is_none())
+                        .collect(),
+                }
+            }
+        }
+        /// Positions listed in `missing` (out-of-range ones are ignored) get no token.
+        impl $crate::wit::Convert<$crate::ModelOutput> for $wit::ModelOutput {
+            fn convert(self) -> $crate::ModelOutput {
+                let mut output = $crate::ModelOutput {
+                    sampled_token_ids: self.token_ids.into_iter().map(Some).collect(),
+                };
+                for index in self.missing {
+                    if let Some(entry) = output.sampled_token_ids.get_mut(index as usize) {
+                        *entry = None;
+                    }
+                }
+                output
+            }
+        }
     };
 }

@@ -24,8 +24,8 @@ use waypoint_scheduler::output::{
 };
 use waypoint_scheduler::wit::Convert;
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, LiveRequest, NewRequest, OutputError, RequestError, SchedulerConfig,
-    SchedulerStats, StateError, StepEvent,
+    ConfigError, FinishStatus, LiveRequest, ModelOutput, NewRequest, OutputError, RequestError,
+    SchedulerConfig, SchedulerStats, StateError, StepEvent,
 };
 
 use crate::backend::{BackendError, GuestFault, PolicyDescription};
@@ -369,14 +369,10 @@ impl Transport for WasmtimeTransport {
 
     fn update_from_output(
         &mut self,
-        token_ids: &[u32],
-        missing: &[u32],
+        output: &ModelOutput,
         now_ns: u64,
     ) -> Result<EngineOutputs, BackendError> {
-        let output = wit::ModelOutput {
-            token_ids: token_ids.to_vec(),
-            missing: missing.to_vec(),
-        };
+        let output: wit::ModelOutput = output.convert();
         let result =
             self.with(|guest, store, s| guest.call_update_from_output(store, s, &output, now_ns))?;
         let outputs = result.map_err(Convert::<OutputError>::convert)?;

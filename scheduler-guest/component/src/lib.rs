@@ -117,7 +117,7 @@ impl GuestScheduler for Component {
         output: wit::ModelOutput,
         now_ns: u64,
     ) -> Result<wit::EngineOutputs, wit::OutputError> {
-        let output = convert::model_output(output);
+        let output: waypoint_scheduler::ModelOutput = output.convert();
         self.0
             .borrow_mut()
             .update_from_output(&output, now_ns)

@@ -18,8 +18,8 @@ use waypoint_scheduler::output::{
 };
 use waypoint_scheduler::wit::Convert;
 use waypoint_scheduler::{
-    ConfigError, FinishStatus, LiveRequest, NewRequest, OutputError, RequestError, SchedulerConfig,
-    SchedulerStats, StateError, StepEvent,
+    ConfigError, FinishStatus, LiveRequest, ModelOutput, NewRequest, OutputError, RequestError,
+    SchedulerConfig, SchedulerStats, StateError, StepEvent,
 };
 
 use records::wit;
@@ -142,14 +142,10 @@ impl Transport for JcoTransport {
 
     fn update_from_output(
         &mut self,
-        token_ids: &[u32],
-        missing: &[u32],
+        output: &ModelOutput,
         now_ns: u64,
     ) -> Result<EngineOutputs, BackendError> {
-        let output = wit::ModelOutput {
-            token_ids: token_ids.to_vec(),
-            missing: missing.to_vec(),
-        };
+        let output: wit::ModelOutput = output.convert();
         let args = [encode(&output)?, now_ns.into()];
         self.fallible::<wit::EngineOutputs, _, wit::OutputError, OutputError>(
             "updateFromOutput",
