@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -46,15 +47,27 @@ def wait_for_port(port, process, seconds=60):
 
 
 class Server:
+    """`waypoint serve` on a port the kernel picks; its address is read from its stderr."""
+
     def __init__(self):
-        self.port = free_port()
         self.process = subprocess.Popen(
-            [WAYPOINT, "serve", "--port", str(self.port), "--api-key", API_KEY,
+            [WAYPOINT, "serve", "--port", "0", "--api-key", API_KEY,
              "--max-model-len", "512", "--enable-request-timings"],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        wait_for_port(self.port, self.process)
-        self.base = f"http://127.0.0.1:{self.port}"
+        for line in self.process.stderr:
+            sys.stderr.write(line)
+            if line.startswith("waypoint: serving "):
+                self.base = next(w for w in line.split() if w.startswith("http://"))
+                break
+        else:
+            raise RuntimeError(f"waypoint serve exited with {self.process.wait()}")
+        self.port = int(self.base.rsplit(":", 1)[1])
+        threading.Thread(target=self.forward_stderr, daemon=True).start()
+
+    def forward_stderr(self):
+        for line in self.process.stderr:
+            sys.stderr.write(line)
 
     def stop(self):
         self.process.terminate()

@@ -4,6 +4,7 @@
 // Each test crate that includes this module uses part of it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,6 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
-/// A free TCP port on loopback.
 /// The events of a journey log `waypoint serve` wrote.
 pub fn journey_log(path: &std::path::Path) -> Vec<waypoint_scheduler::JourneyEvent> {
     std::fs::read_to_string(path)
@@ -45,6 +45,7 @@ pub fn post_with_id(
         .expect("answer")
 }
 
+/// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -60,32 +61,44 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start `waypoint serve` with `args` and `env`, and wait until `/health` answers.
+    /// Start `waypoint serve` with `args` and `env` on a port the kernel picks, and wait until it listens.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_waypoint"))
-            .args(["serve", "--port", &port.to_string()])
+        // Port 0 and the address the server reports: a port picked here and bound later can be
+        // taken by a parallel test's server in between.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_waypoint"))
+            .args(["serve", "--port", "0"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("waypoint serve starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(url) = line
+                    .split_whitespace()
+                    .find(|word| word.starts_with("http://"))
+                    .filter(|_| line.starts_with("waypoint: serving "))
+                {
+                    let _ = address_tx.send(url.to_string());
+                }
+            }
+        });
         let mut server = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("waypoint serve exited with {status}");
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match address_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => server.url = url,
+            Err(_) => match server.child.try_wait() {
+                Ok(Some(status)) => panic!("waypoint serve exited with {status}"),
+                _ => panic!("waypoint serve did not report its address within 60 s"),
+            },
         }
-        panic!("waypoint serve did not start listening on port {port}");
+        server
     }
 
     /// The text of `/metrics`.
