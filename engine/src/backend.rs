@@ -165,8 +165,8 @@ impl SchedulerBackend for NativeBackend {
     fn export_state(&mut self, _now_ns: u64) -> Result<Vec<u8>, BackendError> {
         Ok(self.scheduler.export_state())
     }
-    fn import_state(&mut self, state: &[u8], _now_ns: u64) -> Result<(), BackendError> {
-        self.scheduler = Scheduler::import_state(state, self.config.policy)?;
+    fn import_state(&mut self, state: &[u8], now_ns: u64) -> Result<(), BackendError> {
+        self.scheduler = Scheduler::import_state(state, self.config.policy, now_ns)?;
         Ok(())
     }
     fn reload(&mut self) -> Result<(), BackendError> {

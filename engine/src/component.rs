@@ -512,7 +512,14 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
         let added = self.call(|transport| transport.add_request(&request, now_ns))?;
         let live = Live {
             id: request.id.as_str().into(),
-            known_tokens: u32::try_from(request.prompt_token_ids.len()).unwrap_or(u32::MAX),
+            known_tokens: u32::try_from(
+                request.prompt_token_ids.len()
+                    + request
+                        .recovery
+                        .as_ref()
+                        .map_or(0, |recovery| recovery.output_token_ids.len()),
+            )
+            .unwrap_or(u32::MAX),
             blocks: 0,
             finished: false,
             scheduled_stamp: 0,

@@ -207,3 +207,32 @@ pub enum ContractViolation {
     #[error("stats: {0}")]
     StatsOutOfBounds(String),
 }
+
+/// The request a violation is about, by its id or by its handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamedRequest<'a> {
+    /// By id.
+    Id(&'a str),
+    /// By the handle the guest gave it.
+    Handle(RequestHandle),
+}
+
+impl ContractViolation {
+    /// The live request this violation is about, if it names one. A recovery counts it against
+    /// that request, which fails only when faults keep naming it.
+    pub fn named_request(&self) -> Option<NamedRequest<'_>> {
+        match self {
+            Self::RepeatedHandle { handle, .. } | Self::MismatchedReference { handle, .. } => {
+                Some(NamedRequest::Handle(*handle))
+            }
+            Self::RangePastKnownTokens { id, .. }
+            | Self::EmptyEntry { id, .. }
+            | Self::BlockOutOfRange { id, .. }
+            | Self::TooFewBlocks { id, .. }
+            | Self::SampleBeforeEnd { id, .. }
+            | Self::UnsampledOutput { id, .. }
+            | Self::UnaskedFinish { id, .. } => Some(NamedRequest::Id(id)),
+            _ => None,
+        }
+    }
+}

@@ -16,4 +16,4 @@ pub mod step;
 
 pub use backend::{BackendError, NativeBackend, PolicyDescription, SchedulerBackend};
 pub use component::{ComponentBackend, Transport};
-pub use fault::{Call, ContractViolation, GuestFault};
+pub use fault::{Call, ContractViolation, GuestFault, NamedRequest};

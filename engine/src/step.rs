@@ -3,14 +3,15 @@
 //!
 //! The engine holds one record per live request, keyed by its handle: the model's view (tokens,
 //! block table, sampling) and the caller's payload (the server's stream and span). A request
-//! leaves only by finishing, by [`Engine::finish`] or by [`Engine::reload`], and each hands its
-//! payload back, so whatever the payload holds is released on every exit path.
+//! leaves only by finishing, by [`Engine::finish`], by a [`Engine::recover`] that fails it, or by
+//! [`Engine::reload`], and each hands its payload back, so whatever the payload holds is
+//! released on every exit path.
 
 use std::collections::HashMap;
 
 use waypoint_scheduler::{
-    FinishStatus, JourneyEvent, ModelOutput, NewRequest, RequestHandle, RequestId, ScheduledKind,
-    SchedulerConfig, SchedulerStats, StepEvent,
+    FinishStatus, JourneyEvent, ModelOutput, NewRequest, Recovery, RequestHandle, RequestId,
+    ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use waypoint_model::sampling::{sample, SamplingParams};
@@ -63,8 +64,13 @@ pub struct NewToken {
 
 struct Running<P> {
     id: RequestId,
+    /// The submission without its prompt, to resubmit after a fault.
+    submission: NewRequest,
     tokens: Vec<u32>,
     prompt_len: usize,
+    num_preemptions: u32,
+    /// Faults that named this request.
+    faults: u32,
     block_table: Vec<u32>,
     sampling: SamplingParams,
     arrival_ns: u64,
@@ -75,6 +81,20 @@ struct Running<P> {
 }
 
 impl<P> Running<P> {
+    /// The request as a fresh scheduler takes it back after a fault: its prompt, with the
+    /// tokens it generated carried in its recovery.
+    fn resubmission(&self) -> NewRequest {
+        NewRequest {
+            prompt_token_ids: self.tokens[..self.prompt_len].to_vec(),
+            recovery: Some(Recovery {
+                output_token_ids: self.tokens[self.prompt_len..].to_vec(),
+                num_preemptions: self.num_preemptions,
+                was_scheduled: self.first_scheduled_ns.is_some(),
+            }),
+            ..self.submission.clone()
+        }
+    }
+
     /// The request's completion, and its payload back.
     fn complete(self, finish_status: FinishStatus, finish_ns: u64) -> (Completion, P) {
         let completion = Completion {
@@ -100,6 +120,8 @@ pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send, P 
     cache: PagedKvCache,
     requests: HashMap<RequestHandle, Running<P>>,
     handles: HashMap<RequestId, RequestHandle>,
+    /// Requests a recovery has not yet resubmitted (its scheduler faulted again first).
+    pending: Vec<Running<P>>,
 }
 
 /// What one engine step produced.
@@ -150,6 +172,19 @@ pub struct Refused<P = ()> {
     pub payload: P,
 }
 
+/// What a recovery did: the requests it failed, the journeys of those it resubmitted, and
+/// whether the scheduler took every request back.
+#[derive(Debug)]
+pub struct Recovered<P = ()> {
+    /// Requests named by too many faults, with their payloads, to be failed by the caller.
+    pub failed: Vec<(RequestId, P)>,
+    /// The RECOVERED events of the resubmitted requests.
+    pub journey_events: Vec<JourneyEvent>,
+    /// An error when the scheduler faulted again; the requests it did not take back wait in
+    /// the engine for the next recovery (or a reload).
+    pub result: Result<(), BackendError>,
+}
+
 /// What a reload did: the requests it dropped, and whether the fresh scheduler came up.
 #[derive(Debug)]
 pub struct Reloaded<P = ()> {
@@ -192,6 +227,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             cache,
             requests: HashMap::new(),
             handles: HashMap::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -204,12 +240,17 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
 
     /// Requests not finished.
     pub fn num_unfinished(&self) -> usize {
-        self.requests.len()
+        self.requests.len() + self.pending.len()
+    }
+
+    /// The live request a handle of the running scheduler names.
+    pub fn id_of(&self, handle: RequestHandle) -> Option<&RequestId> {
+        self.requests.get(&handle).map(|running| &running.id)
     }
 
     /// Whether the engine holds request `id` (submitted, not yet finished).
     pub fn is_live(&self, id: &str) -> bool {
-        self.handles.contains_key(id)
+        self.handles.contains_key(id) || self.pending.iter().any(|running| &*running.id == id)
     }
 
     /// Every live request's payload.
@@ -238,8 +279,14 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         let id: RequestId = request.request.id.as_str().into();
         let running = Running {
             id: id.clone(),
+            submission: NewRequest {
+                prompt_token_ids: Vec::new(),
+                ..request.request.clone()
+            },
             tokens: request.request.prompt_token_ids.clone(),
             prompt_len: request.request.prompt_token_ids.len(),
+            num_preemptions: 0,
+            faults: 0,
             block_table: Vec::new(),
             sampling: request.sampling,
             arrival_ns: now_ns,
@@ -319,6 +366,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         for preempted in &output.preempted {
             if let Some(running) = self.requests.get_mut(&preempted.handle) {
                 running.block_table.clear();
+                running.num_preemptions += 1;
                 result.preempted.push(preempted.id.clone());
             }
         }
@@ -450,16 +498,97 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         })
     }
 
+    /// After a fault: `replacement`, or a fresh instance of the scheduler that faulted, takes
+    /// back every live request with the tokens it has, in arrival order, to recompute it as
+    /// after a preemption; its journey goes on with RECOVERED. A request named by `named` has
+    /// one more fault counted, and at `max_faults` it is failed instead (handed back in
+    /// [`Recovered::failed`]). The model's KV cache needs nothing: recomputed requests write
+    /// their blocks again.
+    pub fn recover(
+        &mut self,
+        replacement: Option<Box<B>>,
+        named: &[RequestId],
+        max_faults: u32,
+        now_ns: u64,
+    ) -> Recovered<P> {
+        self.handles.clear();
+        let mut waiting: Vec<Running<P>> = std::mem::take(&mut self.pending);
+        waiting.extend(self.requests.drain().map(|(_, running)| running));
+        waiting.sort_by(|a, b| (a.arrival_ns, &a.id).cmp(&(b.arrival_ns, &b.id)));
+        let mut recovered = Recovered {
+            failed: Vec::new(),
+            journey_events: Vec::new(),
+            result: Ok(()),
+        };
+        for running in &mut waiting {
+            running.faults += u32::from(named.contains(&running.id));
+        }
+        let (kept, failed): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|running| running.faults < max_faults);
+        recovered
+            .failed
+            .extend(failed.into_iter().map(|r| (r.id, r.payload)));
+        let started = match replacement {
+            Some(backend) => {
+                self.backend = backend;
+                Ok(())
+            }
+            None => self.backend.reload(),
+        };
+        if let Err(error) = started {
+            self.pending = kept;
+            recovered.result = Err(error);
+            return recovered;
+        }
+        let mut kept = kept.into_iter();
+        while let Some(mut running) = kept.next() {
+            match self.backend.add_request(running.resubmission(), now_ns) {
+                Ok(added) if !self.requests.contains_key(&added.handle) => {
+                    running.block_table.clear();
+                    self.handles.insert(running.id.clone(), added.handle);
+                    self.requests.insert(added.handle, running);
+                    recovered.journey_events.extend(added.journey_events);
+                }
+                Ok(added) => {
+                    let violation = ContractViolation::HandleReused {
+                        handle: added.handle,
+                    };
+                    self.pending.push(running);
+                    self.pending.extend(kept);
+                    recovered.result = Err(GuestFault::Contract(violation).into());
+                    return recovered;
+                }
+                // The fresh scheduler refuses the request itself: nothing more can be done.
+                Err(BackendError::Request(_)) => {
+                    recovered.failed.push((running.id, running.payload))
+                }
+                Err(error) => {
+                    self.pending.push(running);
+                    self.pending.extend(kept);
+                    recovered.result = Err(error);
+                    return recovered;
+                }
+            }
+        }
+        recovered
+    }
+
     /// After a fault: a fresh scheduler of the same configuration. Every request the old one
     /// held is lost, and comes back with its payload whether or not the fresh one starts, so
     /// that the caller can fail it.
     pub fn reload(&mut self) -> Reloaded<P> {
         self.handles.clear();
-        let lost = self
-            .requests
-            .drain()
-            .map(|(_, running)| (running.id, running.payload))
+        let mut lost: Vec<(RequestId, P)> = self
+            .pending
+            .drain(..)
+            .map(|running| (running.id, running.payload))
             .collect();
+        lost.extend(
+            self.requests
+                .drain()
+                .map(|(_, running)| (running.id, running.payload)),
+        );
         Reloaded {
             lost,
             result: self.backend.reload(),

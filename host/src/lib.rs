@@ -7,6 +7,7 @@ pub mod builtin;
 pub mod conformance;
 pub mod engine;
 pub mod guest;
+pub mod policy_crate;
 pub mod server;
 pub mod spec;
 pub mod sweep;

@@ -18,6 +18,7 @@ use waypoint::engine::{Engine, EngineRequest};
 use waypoint::guest::{GuestLimits, GuestRuntime};
 use waypoint::model::sampling::SamplingParams;
 use waypoint::model::{open_device, DeviceChoice, LoadedModel, Model, ModelConfig, Weights};
+use waypoint::policy_crate;
 use waypoint::server::tenants::Tenants;
 use waypoint::server::{self, AppState};
 use waypoint::sim::arrivals::{read_workload, Arrival, Synthetic, WorkloadError};
@@ -62,6 +63,9 @@ enum Command {
     /// Simulate a grid of configurations × request rates × schedulers on every core: a table,
     /// a chart and each configuration's highest rate within the objectives.
     Sweep(Box<SweepArgs>),
+    /// Write a policy crate from a template, or build one into a component.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Check a policy component against the scheduler contract, scenario by scenario.
     Conformance {
         /// A policy component file, or a built-in policy name (fcfs, priority, fair).
@@ -96,6 +100,28 @@ enum Command {
         /// The component to compare with the native scheduler (its policy runs natively too).
         #[arg(long, default_value = "fcfs")]
         scheduler: SchedulerSpec,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Write a ready policy crate: Cargo.toml, a documented src/lib.rs and a README.
+    New {
+        /// The policy's name (a crate name: lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// The folder to write (new or empty); ./NAME by default.
+        dir: Option<PathBuf>,
+        /// The waypoint-policy SDK crate the policy depends on; by default the one in the
+        /// checkout this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a policy crate for wasm32 into DIR/NAME.wasm, a component ready for
+    /// `conformance`, `simulate` and `serve`.
+    Build {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -314,6 +340,17 @@ struct ServeArgs {
     /// Largest policy component `POST /admin/scheduler` accepts, in bytes.
     #[arg(long, default_value_t = 32 << 20)]
     max_policy_bytes: usize,
+    /// Scheduler faults that may name one request before it fails; requests a fault does not
+    /// name are resubmitted with their tokens and recomputed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_faults_per_request: u32,
+    /// Faults within --policy-fault-window-s after which a policy component is replaced by the
+    /// built-in fcfs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_fault_limit: u32,
+    /// The window of --policy-fault-limit, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    policy_fault_window_s: u64,
     /// Let requests ask for their timings (`"return_timings": true`): queue, prefill, decode,
     /// TTFT, end-to-end, tokens, preemptions and scheduler steps, from their journeys.
     #[arg(long)]
@@ -474,6 +511,16 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
     let runtime = runtime(cli)?;
     let module = args.scheduler.load(&runtime)?;
     let backend = args.scheduler.open(module.as_ref(), config)?;
+    // A policy component that keeps faulting gives way to the built-in fcfs; the native
+    // scheduler has none to give way to.
+    let fallback = match &module {
+        Some(_) => {
+            let fcfs = SchedulerSpec::Builtin("fcfs".into());
+            let fcfs_module = fcfs.load(&runtime)?;
+            Some(Box::new(move || fcfs.open(fcfs_module.as_ref(), config)) as worker::Fallback)
+        }
+        None => None,
+    };
     let description = backend.policy().clone();
     let policy = description.to_string();
     let model_config = *loaded.model.config();
@@ -517,6 +564,12 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                     metrics: metrics.clone(),
                     spans: tracing.clone().map(CoreSpans::new),
                     journey_log,
+                    faults: worker::FaultPolicy {
+                        max_faults_per_request: args.max_faults_per_request,
+                        policy_fault_limit: args.policy_fault_limit,
+                        window_ns: args.policy_fault_window_s * 1_000_000_000,
+                    },
+                    fallback,
                 },
             )
             .context("starting the engine thread")?;
@@ -761,6 +814,35 @@ fn runtime(cli: &Cli) -> Result<GuestRuntime> {
     })
 }
 
+fn policy_command(cli: &Cli, command: &PolicyCommand) -> Result<ExitCode> {
+    match command {
+        PolicyCommand::New { name, dir, sdk } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let sdk = sdk.clone().unwrap_or_else(policy_crate::default_sdk);
+            for file in policy_crate::new_crate(name, &dir, &sdk)? {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "next: waypoint policy build {}, then waypoint conformance {}",
+                dir.display(),
+                dir.join(format!("{name}.wasm")).display()
+            );
+        }
+        PolicyCommand::Build { dir } => {
+            let component = policy_crate::build_crate(dir)?;
+            let module = runtime(cli)?.load_file(&component)?;
+            let policy = module.description();
+            println!(
+                "built {} (policy {} {})",
+                component.display(),
+                policy.name,
+                policy.version
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn conformance(cli: &Cli, component: &str) -> Result<ExitCode> {
     let spec: SchedulerSpec = if component.ends_with(".wasm") {
         SchedulerSpec::File(PathBuf::from(component))
@@ -872,6 +954,7 @@ fn main() -> Result<ExitCode> {
         Command::Sweep(args) => sweep_command(&cli, args),
         Command::Generate(args) => generate_command(&cli, args),
         Command::Serve(args) => serve_command(&cli, args),
+        Command::Policy(command) => policy_command(&cli, command),
         Command::Conformance { component } => conformance(&cli, component),
         Command::Bench {
             running,

@@ -5,8 +5,10 @@
 mod serving;
 
 use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use serving::{journey_log, Server};
+use serving::{journey_log, stream_greedy, Server};
 use waypoint_scheduler::{JourneyEvent, JourneyEventType};
 
 fn component(name: &str) -> Vec<u8> {
@@ -157,4 +159,96 @@ fn the_admin_route_is_off_without_an_admin_key() {
         .expect("answer");
     assert_eq!(response.status(), 404);
     server.stop();
+}
+
+/// The `sjf` example policy, built from its own folder as a third party would build it.
+fn sjf_component() -> Vec<u8> {
+    let dir = format!("{}/../examples/policies/sjf", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(["policy", "build", &dir])
+        .output()
+        .expect("the waypoint binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read(format!("{dir}/sjf.wasm")).expect("sjf.wasm")
+}
+
+const CLIENTS: usize = 100;
+const TOKENS: usize = 160;
+
+fn wait_for(chunks: &AtomicUsize, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while chunks.load(Ordering::Relaxed) < at_least {
+        assert!(Instant::now() < deadline, "the streams stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn swaps_fcfs_to_sjf_to_fair_under_100_streams_fail_nothing_and_change_no_output() {
+    let sjf = sjf_component();
+    let fair = component("fair.wasm");
+    let baseline = Server::start(&[], &[]);
+    let expected = stream_greedy(&baseline.url, CLIENTS, TOKENS, |_| {});
+    baseline.stop();
+
+    let log = std::env::temp_dir().join(format!("waypoint-swap-100-{}.jsonl", std::process::id()));
+    let server = Server::start(
+        &[
+            "--admin-api-key",
+            "root",
+            "--journey-log",
+            log.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let admin = format!("{}/admin/scheduler", server.url);
+    let swap = |bytes: &[u8]| {
+        let response = reqwest::blocking::Client::new()
+            .post(&admin)
+            .bearer_auth("root")
+            .body(bytes.to_vec())
+            .send()
+            .expect("answer");
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().expect("a JSON body")
+    };
+    let mut swaps = Vec::new();
+    let got = stream_greedy(&server.url, CLIENTS, TOKENS, |chunks| {
+        wait_for(chunks, CLIENTS);
+        swaps.push(swap(&sjf));
+        // The server runs ahead of 100 reading threads: swap again soon, while it is far from
+        // done (a chunk carries one or more tokens).
+        wait_for(chunks, CLIENTS * 3);
+        swaps.push(swap(&fair));
+    });
+    server.stop();
+
+    assert_eq!(swaps[0]["name"], "sjf", "{swaps:?}");
+    assert_eq!(swaps[1]["name"], "fair", "{swaps:?}");
+    for swap in &swaps {
+        assert!(
+            swap["live_requests"].as_u64().is_some_and(|n| n > 0),
+            "each swap moved live streams: {swaps:?}"
+        );
+    }
+    let failed: Vec<&String> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_eq!(got, expected, "greedy outputs equal the run without swaps");
+    let events = journey_log(&log);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == JourneyEventType::Finished)
+            .count(),
+        CLIENTS
+    );
+    let preempted: Vec<&JourneyEvent> = events
+        .iter()
+        .filter(|e| e.event_type == JourneyEventType::Preempted)
+        .collect();
+    assert!(preempted.is_empty(), "nothing recomputed: {preempted:?}");
 }

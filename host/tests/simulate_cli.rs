@@ -231,6 +231,7 @@ fn the_summary_matches_values_computed_from_the_journey_log() {
                 ttft.push(ms(ts - queued[&id]));
             }
             JourneyEventType::Preempted => preemptions += 1,
+            JourneyEventType::Recovered => unreachable!("a simulation has no faults"),
             JourneyEventType::Finished => {
                 e2e.push(ms(ts - queued[&id]));
                 tokens += u64::from(event.decode_done_tokens);

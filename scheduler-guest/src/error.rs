@@ -125,6 +125,12 @@ pub enum RequestError {
         /// Requested maximum.
         max_tokens: u32,
     },
+    /// A recovered request that already has all its output tokens, or no room for another.
+    #[error("recovered request {id:?} has no output left to generate")]
+    NothingToRecover {
+        /// The id.
+        id: String,
+    },
 }
 
 /// A model output [`crate::Scheduler::update_from_output`] rejected; nothing was changed.

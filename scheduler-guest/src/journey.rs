@@ -28,6 +28,10 @@ pub enum JourneyEventType {
     Preempted,
     /// Reached a terminal status.
     Finished,
+    /// Resubmitted to a fresh scheduler after the one holding it faulted: it waits again, with
+    /// the tokens it had, to be recomputed like a preempted request (an extension of the
+    /// reference system's five events).
+    Recovered,
 }
 
 impl JourneyEventType {
@@ -39,6 +43,7 @@ impl JourneyEventType {
             Self::FirstToken => "FIRST_TOKEN",
             Self::Preempted => "PREEMPTED",
             Self::Finished => "FINISHED",
+            Self::Recovered => "RECOVERED",
         }
     }
 }
@@ -269,7 +274,10 @@ struct Seen {
 
 /// Checks journeys event by event against the grammar
 /// `QUEUED SCHEDULED(FIRST) [FIRST_TOKEN] (PREEMPTED [FINISHED] | SCHEDULED(RESUME) [FIRST_TOKEN])* FINISHED`
-/// or `QUEUED FINISHED(aborted|error|ignored)`, plus: FIRST_TOKEN at most once and present
+/// or `QUEUED FINISHED(aborted|error|ignored)`, where RECOVERED may come after any event but
+/// FINISHED: the request waits again in a fresh scheduler, and is next SCHEDULED(RESUME) if it
+/// had been scheduled, SCHEDULED(FIRST) if not. The fresh scheduler counts its own steps, so the
+/// step may go down at RECOVERED (timestamps may not). Plus: FIRST_TOKEN at most once and present
 /// whenever the request produced a token, steps and timestamps never decrease, progress stays
 /// within its totals, the preemption count rises by one on each PREEMPTED and nowhere else, and
 /// the phase label follows the phase rule. A request preempted and then aborted or failed
@@ -343,7 +351,8 @@ impl JourneyValidator {
         let Some(seen) = self.open.get_mut(&event.request_id) else {
             return Err(fail("event before QUEUED or after FINISHED"));
         };
-        if now.0 < seen.last.0 || now.1 < seen.last.1 {
+        let recovered = event.event_type == JourneyEventType::Recovered;
+        if (now.0 < seen.last.0 && !recovered) || now.1 < seen.last.1 {
             return Err(fail("step or timestamp decreased"));
         }
         seen.last = now;
@@ -374,6 +383,8 @@ impl JourneyValidator {
                 seen.stage
             }
             (Stage::Running, JourneyEventType::Preempted, _) => Stage::Preempted,
+            (Stage::Queued, JourneyEventType::Recovered, _) => Stage::Queued,
+            (Stage::Running | Stage::Preempted, JourneyEventType::Recovered, _) => Stage::Preempted,
             (Stage::Queued, JourneyEventType::Finished, _) if !natural => Stage::Queued,
             (Stage::Running | Stage::Preempted, JourneyEventType::Finished, _) => seen.stage,
             _ => return Err(fail("event out of order")),

@@ -39,7 +39,7 @@ pub mod journey;
 pub mod kv;
 mod map;
 pub mod output;
-pub mod queue;
+pub mod policy;
 pub mod request;
 pub mod scheduler;
 pub mod state;
@@ -57,6 +57,7 @@ pub use output::{
     RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry, ScheduledKind,
     SchedulerOutput, SchedulerStats,
 };
-pub use request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
+pub use policy::{Enqueue, Policy, RequestView, Ticket};
+pub use request::{FinishStatus, NewRequest, Recovery, Request, RequestId, RequestStatus};
 pub use scheduler::Scheduler;
 pub use step_trace::StepEvent;

@@ -33,15 +33,32 @@ pub struct NewRequest {
     pub priority: i32,
     /// Arrival time in the caller's monotonic nanoseconds; orders requests of equal priority.
     pub arrival_ns: u64,
+    /// When the request should have finished, on the same clock (deadline-aware policies).
+    pub deadline_ns: Option<u64>,
     /// Whether this request records journey events (decided once by the caller).
     pub journey_sampled: bool,
     /// Isolates this request's prefix-cache entries from requests with another salt.
     pub cache_salt: Option<String>,
+    /// Set when the request is resubmitted after the scheduler that held it faulted.
+    pub recovery: Option<Recovery>,
+}
+
+/// What a request had when the scheduler holding it faulted. It is resubmitted with this and
+/// recomputed like a preempted request, so its client sees a pause; its journey goes on with
+/// RECOVERED instead of a second QUEUED.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The tokens it had generated; it keeps them.
+    pub output_token_ids: Vec<u32>,
+    /// Its preemptions so far.
+    pub num_preemptions: u32,
+    /// Whether it had been scheduled: its next scheduling is then a resume.
+    pub was_scheduled: bool,
 }
 
 impl NewRequest {
     /// A request with the given id and prompt and defaults for everything else: 16 output tokens,
-    /// no EOS, priority 0, client 0, arrival 0, journey sampled.
+    /// no EOS, priority 0, client 0, arrival 0, no deadline, journey sampled.
     pub fn new(id: impl Into<String>, prompt_token_ids: Vec<u32>) -> Self {
         Self {
             id: id.into(),
@@ -53,8 +70,10 @@ impl NewRequest {
             stop_token_ids: Vec::new(),
             priority: 0,
             arrival_ns: 0,
+            deadline_ns: None,
             journey_sampled: true,
             cache_salt: None,
+            recovery: None,
         }
     }
 }
@@ -130,6 +149,7 @@ pub struct Request {
     pub(crate) status: RequestStatus,
     pub(crate) priority: i32,
     pub(crate) arrival_ns: u64,
+    pub(crate) deadline_ns: Option<u64>,
     pub(crate) token_ids: Vec<u32>,
     pub(crate) prompt_len: u32,
     pub(crate) max_tokens: u32,
@@ -160,14 +180,22 @@ impl Request {
     /// prefix caching is on (block hashes are then kept), `None` otherwise.
     pub fn new(new: NewRequest, handle: RequestHandle, hash_block_size: Option<u32>) -> Self {
         let prompt_len = new.prompt_token_ids.len() as u32;
+        let recovery = new.recovery.unwrap_or_default();
+        let mut token_ids = new.prompt_token_ids;
+        token_ids.extend_from_slice(&recovery.output_token_ids);
         let mut request = Self {
             id: Arc::from(new.id),
             handle,
             client_index: new.client_index,
-            status: RequestStatus::Waiting,
+            status: if recovery.was_scheduled {
+                RequestStatus::Preempted
+            } else {
+                RequestStatus::Waiting
+            },
             priority: new.priority,
             arrival_ns: new.arrival_ns,
-            token_ids: new.prompt_token_ids,
+            deadline_ns: new.deadline_ns,
+            token_ids,
             prompt_len,
             max_tokens: new.max_tokens,
             min_tokens: new.min_tokens,
@@ -175,7 +203,7 @@ impl Request {
             stop_token_ids: new.stop_token_ids,
             num_computed_tokens: 0,
             num_cached_tokens: None,
-            num_preemptions: 0,
+            num_preemptions: recovery.num_preemptions,
             journey_sampled: new.journey_sampled,
             cache_salt: new.cache_salt,
             stop_reason: None,

@@ -52,7 +52,7 @@ use crate::output::{
     Added, EngineOutputs, FinishOutcome, LiveRequest, ModelOutput, OutputFinish, RequestHandle,
     RequestRef, ResetOutcome, ScheduledBatch, ScheduledKind, SchedulerOutput, SchedulerStats,
 };
-use crate::queue::{new_policy, SchedulingPolicy};
+use crate::policy::{new_policy, Enqueue, Policy, RequestView, Ticket};
 use crate::request::{FinishStatus, NewRequest, Request, RequestId, RequestStatus};
 use crate::step_trace::{BatchSummary, RequestSnapshot, StepEvent, StepTracer};
 use crate::table::{ReqIdx, RequestTable};
@@ -70,7 +70,7 @@ pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
     pub(crate) kv: KvCacheManager,
     pub(crate) requests: RequestTable,
-    pub(crate) waiting: Box<dyn SchedulingPolicy>,
+    pub(crate) waiting: Box<dyn Policy>,
     pub(crate) running: Vec<ReqIdx>,
     pub(crate) finished_since_schedule: Vec<RequestRef>,
     pub(crate) preempted_since_schedule: Vec<RequestRef>,
@@ -100,10 +100,10 @@ impl Scheduler {
         Self::with_policy(config, new_policy(config.policy))
     }
 
-    /// A scheduler with a caller-supplied policy.
+    /// A scheduler with a caller-supplied policy; `config.policy` is not used.
     pub fn with_policy(
         config: SchedulerConfig,
-        policy: Box<dyn SchedulingPolicy>,
+        policy: Box<dyn Policy>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
@@ -168,7 +168,8 @@ impl Scheduler {
 
     /// Waiting request ids, in admission order.
     pub fn waiting_ids(&self) -> Vec<RequestId> {
-        self.ids_of(&self.waiting.order())
+        let order: Vec<ReqIdx> = self.waiting.order().iter().map(|t| t.0).collect();
+        self.ids_of(&order)
     }
 
     fn ids_of(&self, handles: &[ReqIdx]) -> Vec<RequestId> {
@@ -297,18 +298,39 @@ impl Scheduler {
         if self.requests.lookup(&new.id).is_some() {
             return Err(RequestError::DuplicateId { id: new.id });
         }
+        let recovered = new.recovery.as_ref().map(|r| r.output_token_ids.len());
+        if let Some(outputs) = recovered {
+            let outputs_left = outputs < new.max_tokens as usize;
+            let room_left = prompt_len + outputs < self.config.max_model_len as usize;
+            if !(outputs_left && room_left) {
+                return Err(RequestError::NothingToRecover { id: new.id });
+            }
+        }
         let handle = RequestHandle(self.next_handle);
         let request = Request::new(new, handle, self.kv.hash_block_size());
         self.next_handle += 1;
         let idx = self.requests.insert(request);
-        self.waiting.push_back(&self.requests[idx], idx);
+        self.waiting.enqueue(
+            &RequestView::new(&self.requests[idx], now_ns),
+            Ticket(idx),
+            Enqueue::Arrived,
+        );
         let mut events = Vec::new();
         if let Some(journey) = &mut self.journey {
-            if self.requests[idx].journey_sampled {
-                journey.track(idx);
+            let request = &self.requests[idx];
+            if request.journey_sampled {
+                match recovered {
+                    // A recovered request's prompt was computed if it has output.
+                    Some(outputs) if outputs > 0 => journey.restore(idx, request.prompt_len, true),
+                    _ => journey.track(idx),
+                }
             }
         }
-        events.extend(self.journey_event(idx, JourneyEventType::Queued, now_ns, self.step));
+        let event_type = match recovered {
+            Some(_) => JourneyEventType::Recovered,
+            None => JourneyEventType::Queued,
+        };
+        events.extend(self.journey_event(idx, event_type, now_ns, self.step));
         Ok(Added {
             handle,
             journey_events: events,
@@ -362,9 +384,7 @@ impl Scheduler {
                 {
                     break Some(blocks);
                 }
-                let victim_position = self
-                    .waiting
-                    .preemption_victim(&self.running, &self.requests);
+                let victim_position = self.preemption_victim(now_ns);
                 let victim = self.running.remove(victim_position);
                 if let Some(undo) = handles.iter().position(|&h| h == victim) {
                     budget += batch.num_scheduled_tokens[undo];
@@ -437,7 +457,8 @@ impl Scheduler {
             request.num_computed_tokens += num_scheduled;
             let detail = details.next_if(|detail| detail.index as usize == index);
             if detail.is_none_or(|detail| detail.kind == ScheduledKind::Running) {
-                self.waiting.on_scheduled(request, num_scheduled);
+                self.waiting
+                    .on_scheduled(&RequestView::new(request, now_ns), num_scheduled);
             }
             if let Some(journey) = &mut self.journey {
                 if request.journey_sampled {
@@ -467,10 +488,16 @@ impl Scheduler {
         journey_events: &mut Vec<JourneyEvent>,
     ) {
         while *budget > 0 && self.running.len() < self.config.max_num_seqs as usize {
-            let Some(idx) = self.waiting.peek() else {
+            let Some(Ticket(idx)) = self.waiting.next() else {
                 break;
             };
-            let request = &self.requests[idx];
+            let request = match self.requests.get(idx) {
+                Some(request) if request.status != RequestStatus::Running => request,
+                _ => panic!("policy contract: `next` named a request that is not waiting"),
+            };
+            if !self.waiting.may_admit(&RequestView::new(request, now_ns)) {
+                break;
+            }
             let hit = self.kv.get_computed_blocks(request);
             let wanted = self.cap_prefill(request.num_tokens() - hit.num_tokens, single_request);
             if !self.config.enable_chunked_prefill && wanted > *budget {
@@ -486,7 +513,8 @@ impl Scheduler {
             {
                 break;
             }
-            self.waiting.pop();
+            self.waiting
+                .remove(&RequestView::new(request, now_ns), Ticket(idx));
             self.running.push(idx);
             let kind = match request.status {
                 RequestStatus::Preempted => ScheduleKind::Resume,
@@ -521,8 +549,10 @@ impl Scheduler {
             *budget -= num_new_tokens;
             // Admissions are final at once (running tokens may still be taken back by a
             // preemption later in the step), so the policy sees them before its next peek.
-            self.waiting
-                .on_scheduled(&self.requests[idx], num_new_tokens);
+            self.waiting.on_scheduled(
+                &RequestView::new(&self.requests[idx], now_ns),
+                num_new_tokens,
+            );
             if let Some(mut event) =
                 self.journey_event(idx, JourneyEventType::Scheduled, now_ns, step)
             {
@@ -543,7 +573,27 @@ impl Scheduler {
         self.num_preemptions_total += 1;
         self.preempted_since_schedule.push(request.reference());
         events.extend(self.journey_event(idx, JourneyEventType::Preempted, now_ns, step));
-        self.waiting.push_front(&self.requests[idx], idx);
+        self.waiting.enqueue(
+            &RequestView::new(&self.requests[idx], now_ns),
+            Ticket(idx),
+            Enqueue::Preempted,
+        );
+    }
+
+    /// The policy's victim among the running requests, held to a position in the list.
+    fn preemption_victim(&self, now_ns: u64) -> usize {
+        let running: Vec<RequestView<'_>> = self
+            .running
+            .iter()
+            .map(|&idx| RequestView::new(&self.requests[idx], now_ns))
+            .collect();
+        let victim = self.waiting.preemption_victim(&running);
+        assert!(
+            victim < running.len(),
+            "policy contract: preemption victim {victim} of {} running",
+            running.len()
+        );
+        victim
     }
 
     fn trace_step(&mut self, output: &mut SchedulerOutput, scheduled: &[ReqIdx], now_ns: u64) {
@@ -691,7 +741,8 @@ impl Scheduler {
             if let Some(status) = finish {
                 stopped_running |= self.requests[idx].status == RequestStatus::Running;
                 if self.requests[idx].status == RequestStatus::Preempted {
-                    self.waiting.remove(&self.requests[idx], idx);
+                    self.waiting
+                        .remove(&RequestView::new(&self.requests[idx], now_ns), Ticket(idx));
                 }
                 self.finish(idx, status, now_ns, flight.step, &mut engine.journey_events);
             }
@@ -762,7 +813,8 @@ impl Scheduler {
             match self.requests[idx].status {
                 RequestStatus::Running => self.running.retain(|&running| running != idx),
                 _ => {
-                    self.waiting.remove(&self.requests[idx], idx);
+                    self.waiting
+                        .remove(&RequestView::new(&self.requests[idx], now_ns), Ticket(idx));
                 }
             }
             outcome.finished_ids.push(self.requests[idx].id.clone());

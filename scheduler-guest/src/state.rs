@@ -2,10 +2,11 @@
 //! policy (or a fresh instance of the same one) without recomputing anything.
 //!
 //! Format: the 4 bytes `WPST`, a little-endian `u32` version, then a postcard-encoded
-//! [`StateV1`]. Block hashes are not stored (they follow from the tokens). An import checks
+//! [`StateV2`]. Block hashes are not stored (they follow from the tokens). An import checks
 //! every cross-reference before building anything, so a corrupt state is an error, never a
 //! panic.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -18,7 +19,7 @@ use crate::journey::JourneyRecorder;
 use crate::kv::{BlockHash, BlockPool, KvCacheManager, PrefixCacheStats, NULL_BLOCK};
 use crate::map::FxHashMap;
 use crate::output::RequestRef;
-use crate::queue::{new_policy, PolicySnapshot};
+use crate::policy::{new_policy, Enqueue, Policy, RequestView, Ticket};
 use crate::request::{Request, RequestStatus};
 use crate::scheduler::{InFlight, Scheduler};
 use crate::step_trace::StepTracer;
@@ -26,15 +27,15 @@ use crate::table::{ReqIdx, RequestTable};
 
 const MAGIC: &[u8; 4] = b"WPST";
 /// The state format this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// The step in flight: its number and, per scheduled entry, the request (None if it has left
 /// since) and whether a token is due.
 type InFlightState = (u64, Vec<(Option<u32>, bool)>);
 
-/// Version 1 of the exported state. Requests are referred to by their index in `requests`.
+/// Version 2 of the exported state (version 1 had no deadlines and no policy name). Requests are referred to by their index in `requests`.
 #[derive(Serialize, Deserialize)]
-struct StateV1 {
+struct StateV2 {
     config: SchedulerConfig,
     step: u64,
     num_preemptions_total: u64,
@@ -52,7 +53,8 @@ struct StateV1 {
     /// `(request, prefill high-water mark, FIRST_TOKEN emitted)` per tracked request.
     journey: Option<Vec<(u32, u32, bool)>>,
     step_tracer: Option<StepTracer>,
-    policy: PolicySnapshot,
+    /// The exporting policy's name and its own accounting ([`Policy::export_state`]).
+    policy: (String, Vec<u8>),
 }
 
 fn inconsistent(message: String) -> StateError {
@@ -70,7 +72,7 @@ impl Scheduler {
             index_of.insert(idx, index as u32);
         }
         let indexes = |list: &[ReqIdx]| list.iter().map(|idx| index_of[idx]).collect();
-        let state = StateV1 {
+        let state = StateV2 {
             config: self.config,
             step: self.step,
             num_preemptions_total: self.num_preemptions_total,
@@ -80,7 +82,12 @@ impl Scheduler {
                 .map(|&idx| self.requests[idx].clone())
                 .collect(),
             running: indexes(&self.running),
-            waiting: indexes(&self.waiting.order()),
+            waiting: self
+                .waiting
+                .order()
+                .iter()
+                .map(|ticket| index_of[&ticket.0])
+                .collect(),
             finished_since_schedule: self.finished_since_schedule.clone(),
             preempted_since_schedule: self.preempted_since_schedule.clone(),
             in_flight: self.in_flight.as_ref().map(|flight| {
@@ -105,17 +112,30 @@ impl Scheduler {
                     .collect()
             }),
             step_tracer: self.step_tracer.clone(),
-            policy: self.waiting.snapshot(),
+            policy: (self.waiting.name().into(), self.waiting.export_state()),
         };
         let mut bytes = Vec::from(&MAGIC[..]);
         bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
         postcard::to_extend(&state, bytes).expect("writing to a Vec cannot fail")
     }
 
+    /// A scheduler with the built-in `policy` continuing from an exported state (of any
+    /// policy); see [`Scheduler::import_state_with`].
+    pub fn import_state(bytes: &[u8], policy: PolicyKind, now_ns: u64) -> Result<Self, StateError> {
+        let mut scheduler = Self::import_state_with(bytes, new_policy(policy), now_ns)?;
+        scheduler.config.policy = policy;
+        Ok(scheduler)
+    }
+
     /// A scheduler with `policy` continuing from an exported state (of any policy): the same
-    /// requests, block tables, prefix cache, journey state and step counter. The waiting queue
-    /// is rebuilt in the exporter's admission order, then ordered by the new policy.
-    pub fn import_state(bytes: &[u8], policy: PolicyKind) -> Result<Self, StateError> {
+    /// requests, block tables, prefix cache, journey state and step counter. The policy takes
+    /// over the exporter's accounting where it can, then the waiting queue is enqueued into it
+    /// in the exporter's admission order.
+    pub fn import_state_with(
+        bytes: &[u8],
+        policy: Box<dyn Policy>,
+        now_ns: u64,
+    ) -> Result<Self, StateError> {
         let body = bytes
             .strip_prefix(&MAGIC[..])
             .ok_or(StateError::NotAState)?;
@@ -126,20 +146,17 @@ impl Scheduler {
         if version != STATE_VERSION {
             return Err(StateError::UnsupportedVersion(version));
         }
-        let state: StateV1 =
+        let state: StateV2 =
             postcard::from_bytes(body).map_err(|e| StateError::Malformed(format!("{e}")))?;
-        let config = SchedulerConfig {
-            policy,
-            ..state.config
-        };
+        let config = state.config;
         config.validate()?;
         let ref_counts = check(&state, &config)?;
-        build(state, config, ref_counts)
+        build(state, config, ref_counts, policy, now_ns)
     }
 }
 
 /// Check every cross-reference of a decoded state; returns the block reference counts.
-fn check(state: &StateV1, config: &SchedulerConfig) -> Result<Vec<u32>, StateError> {
+fn check(state: &StateV2, config: &SchedulerConfig) -> Result<Vec<u32>, StateError> {
     let count = state.requests.len();
     let num_blocks = config.num_blocks as usize;
     let mut ids = FxHashMap::default();
@@ -287,9 +304,11 @@ fn check(state: &StateV1, config: &SchedulerConfig) -> Result<Vec<u32>, StateErr
 /// Build the scheduler; the last check needs the recomputed block hashes: every block a request
 /// counts as cached must be cached under that request's own hash.
 fn build(
-    state: StateV1,
+    state: StateV2,
     config: SchedulerConfig,
     ref_counts: Vec<u32>,
+    mut waiting: Box<dyn Policy>,
+    now_ns: u64,
 ) -> Result<Scheduler, StateError> {
     let pool = BlockPool::restore(ref_counts, &state.free_blocks, &state.cached_blocks);
     let kv = KvCacheManager::from_parts(
@@ -333,11 +352,15 @@ fn build(
             }
         }
     }
-    let mut waiting = new_policy(config.policy);
-    waiting.restore(&state.policy);
+    let (exporter, accounting) = &state.policy;
+    waiting.import_state(exporter, accounting);
     for &index in &state.waiting {
         let idx = handles[index as usize];
-        waiting.push_back(&requests[idx], idx);
+        waiting.enqueue(
+            &RequestView::new(&requests[idx], now_ns),
+            Ticket(idx),
+            Enqueue::Imported,
+        );
     }
     let journey = config.journey.enabled.then(|| {
         let mut recorder = JourneyRecorder::default();

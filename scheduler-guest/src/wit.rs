@@ -144,6 +144,7 @@ macro_rules! wit_conversions {
                 FirstToken,
                 Preempted,
                 Finished,
+                Recovered,
             }
         );
         $crate::__wit_enum!($wit::ScheduleKind = $crate::ScheduleKind { First, Resume });
@@ -187,6 +188,13 @@ macro_rules! wit_conversions {
             }..
         );
         $crate::__wit_record!(
+            $wit::Recovery = $crate::Recovery {
+                output_token_ids,
+                num_preemptions,
+                was_scheduled,
+            }
+        );
+        $crate::__wit_record!(
             $wit::NewRequest = $crate::NewRequest {
                 id,
                 client_index,
@@ -197,8 +205,10 @@ macro_rules! wit_conversions {
                 stop_token_ids,
                 priority,
                 arrival_ns,
+                deadline_ns,
                 journey_sampled,
                 cache_salt,
+                recovery,
             }
         );
         $crate::__wit_record!(
@@ -482,6 +492,7 @@ macro_rules! wit_conversions {
                         min_tokens,
                         max_tokens,
                     }),
+                    $crate::RequestError::NothingToRecover { id } => W::NothingToRecover(id),
                 }
             }
         }
@@ -583,6 +594,7 @@ macro_rules! wit_conversions {
                             max_tokens: e.max_tokens,
                         }
                     }
+                    W::NothingToRecover(id) => $crate::RequestError::NothingToRecover { id },
                 }
             }
         }

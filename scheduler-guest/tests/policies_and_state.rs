@@ -182,7 +182,7 @@ impl Run {
 
     fn swap(&mut self, policy: PolicyKind) {
         let bytes = self.s.export_state();
-        self.s = Scheduler::import_state(&bytes, policy).expect("a state this build wrote");
+        self.s = Scheduler::import_state(&bytes, policy, 0).expect("a state this build wrote");
     }
 }
 
@@ -258,7 +258,7 @@ fn a_state_exported_mid_step_keeps_the_step_in_flight() {
         run.cycle(true);
     }
     let output = run.s.schedule(99_000);
-    let moved = Scheduler::import_state(&run.s.export_state(), PolicyKind::Priority).unwrap();
+    let moved = Scheduler::import_state(&run.s.export_state(), PolicyKind::Priority, 0).unwrap();
     run.s = moved;
     let engine = run
         .s
@@ -275,18 +275,18 @@ fn corrupt_states_are_rejected_without_panicking() {
     }
     let bytes = run.s.export_state();
     assert_eq!(
-        Scheduler::import_state(b"nope", PolicyKind::Fcfs).unwrap_err(),
+        Scheduler::import_state(b"nope", PolicyKind::Fcfs, 0).unwrap_err(),
         StateError::NotAState
     );
     let mut future = bytes.clone();
     future[4] = 9;
     assert_eq!(
-        Scheduler::import_state(&future, PolicyKind::Fcfs).unwrap_err(),
+        Scheduler::import_state(&future, PolicyKind::Fcfs, 0).unwrap_err(),
         StateError::UnsupportedVersion(9)
     );
     let truncated = &bytes[..bytes.len() / 2];
     assert!(matches!(
-        Scheduler::import_state(truncated, PolicyKind::Fcfs),
+        Scheduler::import_state(truncated, PolicyKind::Fcfs, 0),
         Err(StateError::Malformed(_))
     ));
 
@@ -299,7 +299,7 @@ fn corrupt_states_are_rejected_without_panicking() {
             let at = 8 + (rng >> 33) as usize % (mutated.len() - 8);
             mutated[at] ^= 1 << ((rng >> 20) % 8);
         }
-        match Scheduler::import_state(&mutated, PolicyKind::Fair) {
+        match Scheduler::import_state(&mutated, PolicyKind::Fair, 0) {
             Err(_) => rejected += 1,
             Ok(mut s) => {
                 accepted += 1;

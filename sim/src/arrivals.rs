@@ -34,6 +34,8 @@ pub struct Arrival {
     pub priority: i32,
     /// Client (tenant) index.
     pub client: u32,
+    /// Nanoseconds after arrival by which the request should finish (deadline-aware policies).
+    pub deadline_after_ns: Option<u64>,
 }
 
 /// A prompt given by length (with an optional shared prefix) or as explicit tokens.
@@ -262,6 +264,7 @@ struct Line {
     client: u32,
     prefix_group: Option<PrefixGroup>,
     prefix_len: Option<u32>,
+    deadline_ms: Option<f64>,
 }
 
 /// Check a line against `max_model_len` before its prompt is built, so a huge `prompt_len`
@@ -300,6 +303,17 @@ fn parse_line(text: &str, max_model_len: u32) -> Result<Arrival, String> {
     if line.output_len == 0 {
         return Err("output_len must be at least 1".into());
     }
+    let deadline_after_ns = match line.deadline_ms {
+        Some(ms) if ms.is_finite() && ms > 0.0 && ms <= MAX_DEADLINE_MS => {
+            Some((ms * 1e6).round() as u64)
+        }
+        Some(ms) => {
+            return Err(format!(
+                "deadline_ms must be a number of milliseconds in (0, {MAX_DEADLINE_MS}], got {ms}"
+            ))
+        }
+        None => None,
+    };
     if prompt.len() >= max_model_len {
         return Err(format!(
             "a prompt of {} tokens does not fit max_model_len {max_model_len} (a prompt must \
@@ -315,8 +329,12 @@ fn parse_line(text: &str, max_model_len: u32) -> Result<Arrival, String> {
         max_tokens: line.max_tokens.unwrap_or(line.output_len),
         priority: line.priority,
         client: line.client,
+        deadline_after_ns,
     })
 }
+
+/// The longest deadline a workload line may give: a day.
+const MAX_DEADLINE_MS: f64 = 86_400_000.0;
 
 /// The requests of a JSON Lines workload, in file order, for a scheduler whose longest
 /// sequence is `max_model_len`. Blank lines are skipped; a malformed line, a prompt that
@@ -604,6 +622,7 @@ impl Synthetic {
                 max_tokens: output_len,
                 priority: self.priorities.sample(&mut rng) as i32,
                 client: self.clients.sample(&mut rng).max(0) as u32,
+                deadline_after_ns: None,
             }
         })
     }

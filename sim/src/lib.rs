@@ -81,6 +81,7 @@ struct Live {
     output_len: u32,
     produced: u32,
     arrival_ns: u64,
+    deadline_ns: Option<u64>,
     first_token_ns: Option<u64>,
     last_token_ns: u64,
     scheduled: bool,
@@ -146,6 +147,10 @@ impl Run<'_, '_> {
                     if meets(ttft, slo.ttft_ms) && meets(tpot, slo.tpot_ms) {
                         self.metrics.good += 1;
                     }
+                    if let Some(deadline) = live.deadline_ns {
+                        self.metrics.deadline_requests += 1;
+                        self.metrics.deadlines_met += u64::from(event.ts_monotonic_ns <= deadline);
+                    }
                     self.finished += 1;
                     self.live.remove(&handle);
                     self.handles.remove(&event.request_id);
@@ -160,12 +165,16 @@ impl Run<'_, '_> {
         let index = self.requests;
         self.requests += 1;
         self.first_arrival.get_or_insert(at_ns);
+        let deadline_ns = arrival
+            .deadline_after_ns
+            .map(|after| at_ns.saturating_add(after));
         let request = NewRequest {
             client_index: arrival.client,
             max_tokens: arrival.max_tokens,
             eos_token_id: Some(EOS),
             priority: arrival.priority,
             arrival_ns: at_ns,
+            deadline_ns,
             journey_sampled: true,
             ..NewRequest::new(arrival.id.clone(), arrival.prompt.token_ids(index))
         };
@@ -178,6 +187,7 @@ impl Run<'_, '_> {
                 output_len: arrival.output_len,
                 produced: 0,
                 arrival_ns: at_ns,
+                deadline_ns,
                 first_token_ns: None,
                 last_token_ns: at_ns,
                 scheduled: false,

@@ -97,6 +97,10 @@ pub struct Report {
     pub slo: Slo,
     /// Requests per second that met every objective.
     pub goodput_rps: f64,
+    /// Finished requests that gave a deadline.
+    pub deadline_requests: u64,
+    /// Of those, the ones that finished by it.
+    pub deadlines_met: u64,
     /// Preemptions.
     pub preemptions: u64,
     /// Prefix-cache hits over queries.
@@ -195,6 +199,8 @@ pub struct Metrics {
     pub(crate) e2e: Vec<f64>,
     pub(crate) queue: Vec<f64>,
     pub(crate) good: u64,
+    pub(crate) deadline_requests: u64,
+    pub(crate) deadlines_met: u64,
     pub(crate) output_tokens: u64,
     pub(crate) preemptions: u64,
     pub(crate) kv: Vec<(f64, f64)>,
@@ -236,6 +242,8 @@ impl Metrics {
             queue_ms: Percentiles::of(&mut self.queue),
             slo: header.slo,
             goodput_rps: self.good as f64 / seconds,
+            deadline_requests: self.deadline_requests,
+            deadlines_met: self.deadlines_met,
             preemptions: self.preemptions,
             prefix_cache_hit_rate: header.prefix_cache_hit_rate,
             kv_usage: KvUsage {
@@ -303,6 +311,12 @@ pub fn table(reports: &[Report]) -> String {
         "goodput (req/s)".into(),
         each(&|r| format!("{:.3}", r.goodput_rps)),
     ));
+    if reports.iter().any(|r| r.deadline_requests > 0) {
+        rows.push((
+            "deadlines met".into(),
+            each(&|r| format!("{}/{}", r.deadlines_met, r.deadline_requests)),
+        ));
+    }
     rows.push(("preemptions".into(), each(&|r| r.preemptions.to_string())));
     rows.push((
         "prefix cache hit rate".into(),

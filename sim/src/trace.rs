@@ -75,6 +75,10 @@ impl<W: Write> ChromeTrace<W> {
                 self.slice("E", "", tid, ts)?;
                 self.slice("B", "preempted", tid, ts)?;
             }
+            JourneyEventType::Recovered => {
+                self.slice("E", "", tid, ts)?;
+                self.slice("B", "recovered", tid, ts)?;
+            }
             JourneyEventType::Finished => self.slice("E", "", tid, ts)?,
         }
         let args = serde_json::to_value(event)?;

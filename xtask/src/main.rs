@@ -2,19 +2,19 @@
 //!
 //! `cargo xtask components` builds the built-in policy components (`fcfs`, `priority`, `fair`)
 //! into `components/`; `cargo xtask hostile` builds the hostile test components (`trap`,
-//! `spin`, `grow`, and a lying fcfs per contract rule, `lie-<rule>`) into `components/hostile/`; `cargo xtask build` builds the components and then the release
-//! `waypoint` binary, which embeds them. Each is a `wasm32-unknown-unknown` core module made a component with
-//! `wit-component`. With `WAYPOINT_WASM_SYSROOT` set (no rustup target available), the guest is
-//! built with that sysroot and `RUSTC_BOOTSTRAP=1` in a target folder of its own; nothing else
-//! is built that way.
+//! `spin`, `grow`, and a lying fcfs per contract rule, `lie-<rule>`) into `components/hostile/`;
+//! `cargo xtask build` builds the components and then the release `waypoint` binary, which
+//! embeds them. Each is a `wasm32-unknown-unknown` core module made a component with
+//! `wit-component`, through `waypoint-guest-build` (which `waypoint policy build` shares). With
+//! `WAYPOINT_WASM_SYSROOT` set (no rustup target available), the guest is built with that
+//! sysroot and `RUSTC_BOOTSTRAP=1` in a target folder of its own; nothing else is built that way.
 
+use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::{env, fs};
 
 use anyhow::{bail, Context, Result};
-
-const TARGET: &str = "wasm32-unknown-unknown";
+use waypoint_guest_build::{componentize, ensure_wasm_target, CargoBuild};
 
 /// One component: the crate and features to build, the cargo profile, and the file to write.
 struct Guest {
@@ -93,88 +93,6 @@ fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-/// The guests' standard library for wasm32: present, or added with rustup, or a clear error
-/// (rather than rustc's "can't find crate for `core`").
-fn ensure_wasm_target() -> Result<()> {
-    if env::var_os("WAYPOINT_WASM_SYSROOT").is_some() {
-        return Ok(());
-    }
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let output = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .with_context(|| format!("running {rustc} --print sysroot"))?;
-    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(TARGET)
-        .is_dir()
-    {
-        return Ok(());
-    }
-    eprintln!("the {TARGET} target is not installed: running `rustup target add {TARGET}`");
-    let added = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !added {
-        bail!(
-            "the guest components need Rust's {TARGET} standard library, and `rustup target add \
-             {TARGET}` did not install it. Install it that way, or set WAYPOINT_WASM_SYSROOT to a \
-             sysroot built for {TARGET} (as .ci/run does when rustup cannot reach its server)"
-        );
-    }
-    Ok(())
-}
-
-/// Build one guest's core module and return its path.
-fn build_core_module(root: &Path, package: &str, feature: &str, profile: &str) -> Result<PathBuf> {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut target = target_dir(root);
-    let mut command = Command::new(cargo);
-    command.current_dir(root).args([
-        "build",
-        "--profile",
-        profile,
-        "--package",
-        package,
-        "--target",
-        TARGET,
-        "--no-default-features",
-        "--features",
-        feature,
-    ]);
-    if let Some(sysroot) = env::var_os("WAYPOINT_WASM_SYSROOT") {
-        let sysroot = sysroot.to_string_lossy().into_owned();
-        target = target.join("wasm-sysroot");
-        command.env("RUSTC_BOOTSTRAP", "1").env(
-            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-            format!("--sysroot {sysroot} -Zunstable-options -Cpanic=immediate-abort"),
-        );
-    }
-    command.env("CARGO_TARGET_DIR", &target);
-    let status = command.status().context("running cargo")?;
-    if !status.success() {
-        bail!("building {package} with feature {feature} failed");
-    }
-    let file = package.replace('-', "_") + ".wasm";
-    Ok(target.join(TARGET).join(profile).join(file))
-}
-
-fn componentize(core_module: &Path, output: &Path) -> Result<()> {
-    let module =
-        fs::read(core_module).with_context(|| format!("reading {}", core_module.display()))?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&module)?
-        .validate(true)
-        .encode()
-        .with_context(|| format!("componentizing {}", core_module.display()))?;
-    if let Some(dir) = output.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(output, component).with_context(|| format!("writing {}", output.display()))
-}
-
 fn build(guests: &[Guest], profile: &str) -> Result<()> {
     ensure_wasm_target()?;
     let root = workspace_root();
@@ -185,7 +103,16 @@ fn build(guests: &[Guest], profile: &str) -> Result<()> {
 }
 
 fn build_one(root: &Path, package: &str, feature: &str, output: &str, profile: &str) -> Result<()> {
-    let core_module = build_core_module(root, package, feature, profile)?;
+    let lib_name = package.replace('-', "_");
+    let core_module = CargoBuild {
+        manifest: &root.join("Cargo.toml"),
+        package: Some(package),
+        feature: Some(feature),
+        profile,
+        target_dir: &target_dir(root),
+        lib_name: &lib_name,
+    }
+    .run()?;
     let output = root.join("components").join(output);
     componentize(&core_module, &output)?;
     eprintln!("built {}", output.display());

@@ -4,5 +4,5 @@
 pub mod worker;
 
 pub use waypoint_engine::step::{
-    Completion, Engine, EngineRequest, Finished, NewToken, Refused, Reloaded, StepResult,
+    Completion, Engine, EngineRequest, Finished, NewToken, Recovered, Refused, Reloaded, StepResult,
 };

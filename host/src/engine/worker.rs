@@ -3,8 +3,15 @@
 //!
 //! What the server keeps per request ([`Client`]: its stream and its span) rides in the engine's
 //! own record of the request, so it leaves with the request on every path: finished, stopped,
-//! aborted, refused or lost to a fault.
+//! aborted, refused, or failed by the faults that keep naming it.
+//!
+//! When the scheduler faults (a trap, a timeout, its memory limit, a broken contract), the
+//! requests it held are resubmitted to a fresh instance with the tokens they have and
+//! recomputed like preempted ones: a client sees a pause, and the journey a RECOVERED event.
+//! Only a request that faults keep naming fails, and a policy that keeps faulting is replaced
+//! by the fallback (the built-in fcfs).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -15,12 +22,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use waypoint_scheduler::{FinishStatus, JourneyEvent, JourneyEventType, RequestId};
 
-use super::{Completion, Engine, EngineRequest, Finished, Refused, Reloaded, StepResult};
+use super::{
+    Completion, Engine, EngineRequest, Finished, Recovered, Refused, Reloaded, StepResult,
+};
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::model::Vocabulary;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{CoreSpans, RequestSpan};
 use crate::telemetry::Clock;
+use waypoint_engine::{GuestFault, NamedRequest};
 
 /// A request for the engine thread.
 pub struct Submission {
@@ -202,7 +212,26 @@ pub struct WorkerParts {
     pub spans: Option<CoreSpans>,
     /// The canonical journey log, when one is written.
     pub journey_log: Option<Box<dyn Write + Send>>,
+    /// What a fault costs a request and the policy.
+    pub faults: FaultPolicy,
+    /// The scheduler that replaces a policy that keeps faulting; none for a native scheduler.
+    pub fallback: Option<Fallback>,
 }
+
+/// How the engine thread answers the scheduler's faults.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultPolicy {
+    /// Faults that name one request before it fails.
+    pub max_faults_per_request: u32,
+    /// Faults within `window_ns` after which the policy is replaced by the fallback.
+    pub policy_fault_limit: u32,
+    /// The window of `policy_fault_limit`.
+    pub window_ns: u64,
+}
+
+/// Builds the fallback scheduler (the built-in fcfs component, of the same configuration).
+pub type Fallback =
+    Box<dyn FnMut() -> Result<Box<dyn SchedulerBackend + Send>, BackendError> + Send>;
 
 /// The server's engine: each live request's record carries its [`Client`].
 pub type ServingEngine = Engine<dyn SchedulerBackend + Send, Client>;
@@ -216,6 +245,8 @@ pub fn spawn(engine: ServingEngine, parts: WorkerParts) -> std::io::Result<Engin
         parts,
         availability: availability.clone(),
         stopping: false,
+        fault_times: VecDeque::new(),
+        on_fallback: false,
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -335,6 +366,10 @@ struct Worker {
     availability: Availability,
     /// Asked to stop once the live requests are done.
     stopping: bool,
+    /// When the running policy faulted, within the fault window.
+    fault_times: VecDeque<u64>,
+    /// Whether the fallback replaced a policy that kept faulting.
+    on_fallback: bool,
 }
 
 /// The client of a request that is live, or that finishes in the step being handled.
@@ -372,7 +407,7 @@ impl Worker {
                 // Results are checked before the model sees them, so nothing a component returns
                 // should panic here; if a bug does, fail what was in flight and keep serving.
                 if catch_unwind(AssertUnwindSafe(|| self.step())).is_err() {
-                    self.fault(&"the engine step panicked");
+                    self.fault(&"the engine step panicked", &[]);
                 }
             }
         }
@@ -422,7 +457,7 @@ impl Worker {
                             self.end_span(client, completion.finish_ns);
                         }
                     }
-                    Err(error) => self.fault(&error),
+                    Err(error) => self.backend_fault(&error),
                 }
             }
         }
@@ -444,14 +479,39 @@ impl Worker {
         let mut request = request;
         let id = self.unused_id(&request.request.id);
         request.request.id = id.to_string();
-        let now = self.parts.clock.now_ns();
-        let client = Client {
+        let mut client = Client {
             events,
             text: TextStream::new(stop),
             span: None,
             journey: JourneyTally::default(),
         };
-        match self.engine.add(request, client, now) {
+        // A fault while the request is added names it; after the recovery it is added again,
+        // until faults have named it as often as any request may be.
+        let mut attempts = 1;
+        let (now, added) = loop {
+            let now = self.parts.clock.now_ns();
+            match self.engine.add(request.clone(), client, now) {
+                Err(Refused {
+                    error: error @ BackendError::Guest(_),
+                    payload,
+                }) if attempts < self.parts.faults.max_faults_per_request => {
+                    attempts += 1;
+                    client = payload;
+                    self.fault(&error, &[]);
+                    if self.availability.reason().is_some() {
+                        break (
+                            now,
+                            Err(Refused {
+                                error,
+                                payload: client,
+                            }),
+                        );
+                    }
+                }
+                added => break (now, added),
+            }
+        };
+        match added {
             Ok(journey) => {
                 if let Some(client) = self.engine.payload_mut(&id) {
                     if let (Some(spans), Some(parent)) = (self.parts.spans.as_ref(), &trace_parent)
@@ -475,7 +535,9 @@ impl Worker {
             Err(Refused { error, payload }) => {
                 let rejection = Rejection::Unavailable(error.to_string());
                 let _ = payload.events.send(StreamEvent::Rejected(rejection));
-                self.fault(&error);
+                if self.availability.reason().is_none() {
+                    self.fault(&error, &[]);
+                }
             }
         }
     }
@@ -493,6 +555,9 @@ impl Worker {
             .swap_backend(backend, now)
             .map_err(|error| format!("moving the running state into the new policy: {error}"))?;
         let to = self.engine.policy().clone();
+        // A new policy starts with a clean record.
+        self.fault_times.clear();
+        self.on_fallback = false;
         let pause_ns = self.parts.clock.now_ns().saturating_sub(now);
         eprintln!(
             "waypoint: scheduling policy swapped from {from} to {to} ({:.2} ms between two steps, {} live requests)",
@@ -541,7 +606,7 @@ impl Worker {
             ..
         } = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
             Ok(result) => result,
-            Err(error) => return self.fault(&error),
+            Err(error) => return self.backend_fault(&error),
         };
         if scheduled_tokens > 0 {
             self.parts.metrics.iteration(scheduled_tokens);
@@ -585,12 +650,12 @@ impl Worker {
                         self.complete(completion, client);
                     }
                 }
-                Err(error) => return self.fault(&error),
+                Err(error) => return self.backend_fault(&error),
             }
         }
         match self.engine.stats(clock.now_ns()) {
             Ok(stats) => self.parts.metrics.scheduler_stats(&stats),
-            Err(error) => self.fault(&error),
+            Err(error) => self.backend_fault(&error),
         }
     }
 
@@ -643,14 +708,132 @@ impl Worker {
         }
     }
 
-    /// The scheduler failed: fail every request it held, then reload it.
-    fn fault(&mut self, error: &dyn std::fmt::Display) {
-        eprintln!("waypoint: scheduler fault: {error}; reloading it");
-        self.availability.set(Some(format!(
-            "the scheduler is being reloaded after a fault: {error}"
-        )));
-        // A failed reload is retried on the next submission; its reason is what `/health` says.
-        let _ = self.reload(&format!("the scheduler failed: {error}"));
+    /// A scheduler call failed: a fault, naming the request the violation is about, if any.
+    fn backend_fault(&mut self, error: &BackendError) {
+        let named: Vec<RequestId> = match error {
+            BackendError::Guest(GuestFault::Contract(violation)) => {
+                match violation.named_request() {
+                    Some(NamedRequest::Id(id)) => vec![id.into()],
+                    Some(NamedRequest::Handle(handle)) => {
+                        self.engine.id_of(handle).cloned().into_iter().collect()
+                    }
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        self.fault(error, &named);
+    }
+
+    /// The scheduler faulted: resubmit what it held to a fresh instance (or, once the policy
+    /// has faulted `policy_fault_limit` times in the window, to the fallback), failing only the
+    /// requests that faults have named `max_faults_per_request` times. A scheduler that
+    /// faults again while taking them back is one more fault; if the fallback does, every
+    /// request fails and the server says why it cannot serve.
+    fn fault(&mut self, error: &dyn std::fmt::Display, named: &[RequestId]) {
+        let FaultPolicy {
+            max_faults_per_request,
+            policy_fault_limit,
+            window_ns,
+        } = self.parts.faults;
+        let mut reason = error.to_string();
+        let mut named = named.to_vec();
+        // Each round is one more fault in the window, so the fallback takes over within
+        // `policy_fault_limit` rounds; one that faults as well ends it.
+        for round in 1u32.. {
+            let now = self.parts.clock.now_ns();
+            self.fault_times.push_back(now);
+            while self
+                .fault_times
+                .front()
+                .is_some_and(|&at| now.saturating_sub(at) > window_ns)
+            {
+                self.fault_times.pop_front();
+            }
+            let from = self.engine.policy().clone();
+            let was_on_fallback = self.on_fallback;
+            let replacement = match self.parts.fallback.as_mut() {
+                Some(build)
+                    if !self.on_fallback
+                        && self.fault_times.len() >= policy_fault_limit as usize =>
+                {
+                    match build() {
+                        Ok(backend) => Some(backend),
+                        Err(error) => {
+                            eprintln!("waypoint: starting the fallback scheduler failed: {error}");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if replacement.is_some() {
+                self.on_fallback = true;
+                self.fault_times.clear();
+            }
+            let live = self.engine.num_unfinished();
+            let Recovered {
+                failed,
+                journey_events,
+                result,
+            } = self
+                .engine
+                .recover(replacement, &named, max_faults_per_request, now);
+            eprintln!(
+                "waypoint: scheduler fault: {reason}; {} of {live} live requests resubmitted, {} failed",
+                live - failed.len(),
+                failed.len()
+            );
+            self.parts.metrics.scheduler_fault(live - failed.len());
+            if self.on_fallback && !was_on_fallback {
+                let to = self.engine.policy().clone();
+                eprintln!(
+                    "waypoint: {from} faulted {policy_fault_limit} times within {} s; replaced by {to}",
+                    window_ns / 1_000_000_000
+                );
+                self.parts.metrics.policy_fallback();
+                self.parts
+                    .metrics
+                    .policy_running((&to.name, &to.version), Some((&from.name, &from.version)));
+                if let Some(spans) = self.parts.spans.as_mut() {
+                    let requests = self
+                        .engine
+                        .payloads_mut()
+                        .filter_map(|client| client.span.as_mut());
+                    spans.policy_swapped(requests, &from.to_string(), &to.to_string(), now);
+                }
+            }
+            for (id, client) in failed {
+                let message = format!(
+                    "request {id} failed: {max_faults_per_request} scheduler faults named it; the last: {reason}"
+                );
+                if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
+                    spans.fail(span, &message, now);
+                }
+                let _ = client.events.send(StreamEvent::Failed { error: message });
+            }
+            self.journey(&journey_events, &mut []);
+            match result {
+                Ok(()) => {
+                    self.availability.set(None);
+                    return;
+                }
+                Err(error) if was_on_fallback || round > policy_fault_limit => {
+                    let message = format!("the scheduler failed: {error}");
+                    self.availability.set(Some(format!(
+                        "the scheduler is being reloaded after a fault: {error}"
+                    )));
+                    // A failed reload is retried on the next submission; its reason is what
+                    // `/health` says.
+                    let _ = self.reload(&message);
+                    return;
+                }
+                Err(error) => {
+                    reason = error.to_string();
+                    named.clear();
+                }
+            }
+        }
     }
 
     /// Reload the scheduler, failing every request it held with `message`, or say why it

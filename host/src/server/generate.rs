@@ -79,6 +79,8 @@ pub async fn chat_completions(
 /// A validated request, ready for the engine.
 struct Prepared {
     request: NewRequest,
+    /// The deadline relative to arrival; the request's absolute one is set on submission.
+    deadline_after_ns: Option<u64>,
     tenant: Tenant,
     timings: bool,
     sampling: SamplingParams,
@@ -331,8 +333,18 @@ fn sampling_of(
             format!("cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_LEN} bytes"),
         ));
     }
+    if sampling
+        .deadline_ms
+        .is_some_and(|ms| ms == 0 || ms > MAX_DEADLINE_MS)
+    {
+        return Err(ApiError::invalid_param(
+            "deadline_ms",
+            format!("deadline_ms must be between 1 and {MAX_DEADLINE_MS} (a day)"),
+        ));
+    }
     let seed = sampling.seed.unwrap_or_else(|| app.random());
     Ok(Prepared {
+        deadline_after_ns: sampling.deadline_ms.map(|ms| ms * 1_000_000),
         request: NewRequest {
             client_index: tenant.client_index,
             max_tokens,
@@ -562,6 +574,9 @@ fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The longest `deadline_ms` taken: a day.
+const MAX_DEADLINE_MS: u64 = 86_400_000;
+
 /// The longest `cache_salt` taken: it is hashed into a request's first block, not stored per
 /// block, but it still crosses into the scheduler with the request.
 const MAX_CACHE_SALT_LEN: usize = 1024;
@@ -652,6 +667,9 @@ async fn answer(
                 // Timings come from the journey, so a request that asks for them records one.
                 journey_sampled: sampled || prepared.timings,
                 arrival_ns,
+                deadline_ns: prepared
+                    .deadline_after_ns
+                    .map(|after| arrival_ns.saturating_add(after)),
                 ..prepared.request
             },
             sampling: prepared.sampling,

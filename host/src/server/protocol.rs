@@ -80,6 +80,9 @@ pub struct Sampling {
     /// Priority for the priority policy (lower first).
     #[serde(default)]
     pub priority: i32,
+    /// Milliseconds after arrival by which the request should finish, for deadline-aware
+    /// policies (the `edf` example); a Waypoint extension.
+    pub deadline_ms: Option<u64>,
     /// vLLM's prefix-cache isolation: only requests with the same salt share cached blocks.
     pub cache_salt: Option<String>,
     /// OpenAI's end-user id: the request's tenant, unless the tenant header names one.

@@ -124,6 +124,9 @@ pub struct Metrics {
     tenant_e2e_request_latency: HistogramFamily,
     tenant_info: Family<Labels, Gauge>,
     policy_info: Family<Labels, Gauge>,
+    scheduler_faults: Counter,
+    requests_recovered: Counter,
+    policy_fallbacks: Counter,
     seen: Mutex<SeenTotals>,
 }
 
@@ -166,6 +169,9 @@ impl Metrics {
             tenant_e2e_request_latency: Family::new_with_constructor(request_histogram),
             tenant_info: Family::default(),
             policy_info: Family::default(),
+            scheduler_faults: Counter::default(),
+            requests_recovered: Counter::default(),
+            policy_fallbacks: Counter::default(),
             seen: Mutex::new(SeenTotals::default()),
             registry: Registry::default(),
         };
@@ -322,6 +328,21 @@ impl Metrics {
             metrics.policy_info.clone(),
         );
         r.register(
+            "waypoint:scheduler_faults",
+            "Faults of the scheduling policy (traps, timeouts, memory, broken contract).",
+            metrics.scheduler_faults.clone(),
+        );
+        r.register(
+            "waypoint:requests_recovered",
+            "Requests resubmitted with their tokens to a fresh scheduler after a fault.",
+            metrics.requests_recovered.clone(),
+        );
+        r.register(
+            "waypoint:policy_fallbacks",
+            "Times a policy that kept faulting was replaced by the built-in fcfs.",
+            metrics.policy_fallbacks.clone(),
+        );
+        r.register(
             "waypoint:tenant_info",
             "1 for each tenant label with the scheduler client index it maps to.",
             metrics.tenant_info.clone(),
@@ -352,6 +373,17 @@ impl Metrics {
             self.policy_info.remove(&labels(previous));
         }
         self.policy_info.get_or_create(&labels(policy)).set(1);
+    }
+
+    /// The scheduler faulted, and `recovered` requests were resubmitted to its replacement.
+    pub fn scheduler_fault(&self, recovered: usize) {
+        self.scheduler_faults.inc();
+        self.requests_recovered.inc_by(recovered as u64);
+    }
+
+    /// A policy that kept faulting was replaced by the fallback.
+    pub fn policy_fallback(&self) {
+        self.policy_fallbacks.inc();
     }
 
     /// A request came from the tenant labelled `tenant_label`, scheduled as `client_index`.

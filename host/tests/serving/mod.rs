@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,63 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Stream one greedy completion of `tokens` tokens per client (`client-N`), all at once;
+/// `after_chunks` runs on the calling thread with a count of the chunks received so far.
+/// Returns each client's text, or its error.
+pub fn stream_greedy(
+    url: &str,
+    clients: usize,
+    tokens: usize,
+    after_chunks: impl FnOnce(&AtomicUsize),
+) -> Vec<Result<String, String>> {
+    let chunks = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let streams: Vec<_> = (0..clients)
+            .map(|client| {
+                let chunks = &chunks;
+                scope.spawn(move || -> Result<String, String> {
+                    let response = reqwest::blocking::Client::new()
+                        .post(format!("{url}/v1/completions"))
+                        .header("X-Request-Id", format!("client-{client}"))
+                        .json(&serde_json::json!({
+                            "model": "tiny", "prompt": format!("client {client} asks"),
+                            "max_tokens": tokens, "temperature": 0, "ignore_eos": true,
+                            "stream": true,
+                        }))
+                        .send()
+                        .map_err(|e| e.to_string())?;
+                    if response.status() != 200 {
+                        return Err(format!("status {}", response.status()));
+                    }
+                    let mut text = String::new();
+                    for line in BufReader::new(response).lines() {
+                        let line = line.map_err(|e| e.to_string())?;
+                        let Some(data) = line.strip_prefix("data: ") else {
+                            continue;
+                        };
+                        if data == "[DONE]" {
+                            return Ok(text);
+                        }
+                        let chunk: serde_json::Value =
+                            serde_json::from_str(data).map_err(|e| e.to_string())?;
+                        if chunk.get("error").is_some() {
+                            return Err(data.to_owned());
+                        }
+                        text += chunk["choices"][0]["text"].as_str().unwrap_or_default();
+                        chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err("the stream ended without [DONE]".into())
+                })
+            })
+            .collect();
+        after_chunks(&chunks);
+        streams
+            .into_iter()
+            .map(|stream| stream.join().expect("a client thread"))
+            .collect()
+    })
 }
 
 /// A running `waypoint serve`; killed when dropped.

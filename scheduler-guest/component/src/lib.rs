@@ -1,12 +1,25 @@
-//! A scheduler policy component: `waypoint-scheduler` behind the `waypoint:scheduler` WIT world.
+//! Waypoint's policy SDK: implement [`Policy`] for a type, and [`export!`] makes it a complete
+//! component of the `waypoint:scheduler` `policy` world, with Waypoint's real scheduler (vLLM's
+//! continuous batching over a paged KV cache, journeys and step traces) underneath.
 //!
-//! One crate builds every built-in policy; the cargo feature picks which (`fair` over
-//! `priority` over `fcfs`, the default), and each build is componentized into its own file.
-//! The component imports nothing: time comes in as `now-ns`, and a panic traps.
+//! ```ignore
+//! #![no_std]
+//! use waypoint_policy::{Enqueue, Fifo, Policy, RequestView, Ticket};
 //!
-//! Built without a policy feature, the crate exports nothing itself: another component crate
-//! (the lying test components) wraps [`Component`] and exports through
-//! `export_policy!(T with_types_in waypoint_policy)`.
+//! #[derive(Default)]
+//! pub struct Lifo(Fifo);
+//! // impl Policy for Lifo { ... }
+//! waypoint_policy::export!(Lifo);
+//! ```
+//!
+//! The component imports nothing: time comes in as `now-ns`, and a panic traps (the host then
+//! resubmits the requests in flight to a fresh instance). A policy crate is `no_std` + `alloc`;
+//! this crate supplies the allocator and the panic handler of the wasm32 build.
+//!
+//! The built-in `fcfs`, `priority` and `fair` components are this crate built with the feature
+//! of that name; their policies are in [`waypoint_scheduler::policy`], written against the same
+//! trait. [`Component`] is public so a component crate can wrap the real scheduler and export
+//! through `export_policy!(T with_types_in waypoint_policy)` (the lying test components do).
 
 #![no_std]
 // The export glue is only instantiated for wasm32; native builds type-check it.
@@ -20,12 +33,18 @@ extern crate std;
 
 mod convert;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
+use core::marker::PhantomData;
 
 use waypoint_scheduler::wit::Convert;
-use waypoint_scheduler::{FinishStatus, PolicyKind, Scheduler};
+use waypoint_scheduler::{FinishStatus, Scheduler};
+
+pub use waypoint_scheduler::policy::{Enqueue, Fifo, Ordered, Policy, RequestView, Ticket};
+/// The built-in policies, for a policy that builds on one.
+pub use waypoint_scheduler::policy::{Fair, Fcfs, Priority};
 
 wit_bindgen::generate!({
     world: "policy",
@@ -40,60 +59,71 @@ use exports::waypoint::scheduler::scheduler::{
 };
 pub use exports::waypoint::scheduler::types as wit;
 
-/// The policy this build implements.
-const POLICY: PolicyKind = if cfg!(feature = "fair") {
-    PolicyKind::Fair
-} else if cfg!(feature = "priority") {
-    PolicyKind::Priority
-} else {
-    PolicyKind::Fcfs
-};
+/// Export `$policy` (a [`Policy`] + [`Default`] type) as this component's scheduler policy.
+/// Invoke it once, at the crate root of a `cdylib`; it exports nothing outside wasm32.
+#[macro_export]
+macro_rules! export {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type WaypointPolicyExports = $crate::Exports<$policy>;
+    $crate::export_policy!(WaypointPolicyExports with_types_in $crate);
+        };
+    };
+}
 
-/// The built-in policy's exports.
-pub struct Policy;
+/// The exports of a component whose policy is `P`.
+pub struct Exports<P>(PhantomData<P>);
 
-impl Guest for Policy {
-    type Scheduler = Component;
+impl<P: Policy + Default + 'static> Guest for Exports<P> {
+    type Scheduler = Component<P>;
 
     fn describe_policy() -> PolicyInfo {
-        let name = match POLICY {
-            PolicyKind::Fcfs => "fcfs",
-            PolicyKind::Priority => "priority",
-            PolicyKind::Fair => "fair",
-        };
+        let policy = P::default();
         PolicyInfo {
-            name: String::from(name),
-            version: String::from(env!("CARGO_PKG_VERSION")),
+            name: String::from(policy.name()),
+            version: String::from(policy.version()),
         }
     }
 }
 
-/// One scheduler instance; resource methods take `&self`, so the state sits in a `RefCell`.
-pub struct Component(RefCell<Scheduler>);
+/// One scheduler instance with policy `P`; resource methods take `&self`, so the state sits in
+/// a `RefCell`.
+pub struct Component<P> {
+    scheduler: RefCell<Scheduler>,
+    policy: PhantomData<P>,
+}
 
-impl Component {
-    /// A scheduler for `config`, with this build's policy.
+impl<P: Policy + Default + 'static> Component<P> {
+    fn wrap(scheduler: Scheduler) -> Self {
+        Self {
+            scheduler: RefCell::new(scheduler),
+            policy: PhantomData,
+        }
+    }
+
+    /// A scheduler for `config` with a fresh `P`.
     pub fn new(config: wit::SchedulerConfig) -> Result<Self, wit::ConfigError> {
-        Scheduler::new(convert::config(config, POLICY))
-            .map(|scheduler| Self(RefCell::new(scheduler)))
+        Scheduler::with_policy(config.convert(), Box::new(P::default()))
+            .map(Self::wrap)
             .map_err(Convert::convert)
     }
 
-    /// A scheduler continuing from an exported state, with this build's policy.
-    pub fn from_state(state: &[u8]) -> Result<Self, wit::StateError> {
-        Scheduler::import_state(state, POLICY)
-            .map(|scheduler| Self(RefCell::new(scheduler)))
+    /// A scheduler continuing from an exported state, with a fresh `P`.
+    pub fn from_state(state: &[u8], now_ns: u64) -> Result<Self, wit::StateError> {
+        Scheduler::import_state_with(state, Box::new(P::default()), now_ns)
+            .map(Self::wrap)
             .map_err(Convert::convert)
     }
 }
 
-impl GuestScheduler for Component {
+impl<P: Policy + Default + 'static> GuestScheduler for Component<P> {
     fn create(config: wit::SchedulerConfig) -> Result<SchedulerHandle, wit::ConfigError> {
         Self::new(config).map(SchedulerHandle::new)
     }
 
-    fn import_state(state: Vec<u8>, _now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
-        Self::from_state(&state).map(SchedulerHandle::new)
+    fn import_state(state: Vec<u8>, now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
+        Self::from_state(&state, now_ns).map(SchedulerHandle::new)
     }
 
     fn add_request(
@@ -101,7 +131,7 @@ impl GuestScheduler for Component {
         request: wit::NewRequest,
         now_ns: u64,
     ) -> Result<wit::Added, wit::RequestError> {
-        self.0
+        self.scheduler
             .borrow_mut()
             .add_request(request.convert(), now_ns)
             .map(Convert::convert)
@@ -109,7 +139,7 @@ impl GuestScheduler for Component {
     }
 
     fn schedule(&self, now_ns: u64) -> wit::SchedulerOutput {
-        self.0.borrow_mut().schedule(now_ns).convert()
+        self.scheduler.borrow_mut().schedule(now_ns).convert()
     }
 
     fn update_from_output(
@@ -118,7 +148,7 @@ impl GuestScheduler for Component {
         now_ns: u64,
     ) -> Result<wit::EngineOutputs, wit::OutputError> {
         let output: waypoint_scheduler::ModelOutput = output.convert();
-        self.0
+        self.scheduler
             .borrow_mut()
             .update_from_output(&output, now_ns)
             .map(Convert::convert)
@@ -132,44 +162,48 @@ impl GuestScheduler for Component {
         now_ns: u64,
     ) -> wit::FinishOutcome {
         let status: FinishStatus = status.convert();
-        self.0
+        self.scheduler
             .borrow_mut()
             .finish_requests(ids.iter().map(String::as_str), status, now_ns)
             .convert()
     }
 
     fn reset_prefix_cache(&self, reset_running_requests: bool, now_ns: u64) -> wit::ResetOutcome {
-        self.0
+        self.scheduler
             .borrow_mut()
             .reset_prefix_cache(reset_running_requests, now_ns)
             .convert()
     }
 
     fn shutdown(&self, now_ns: u64) -> Vec<wit::StepEvent> {
-        self.0.borrow_mut().shutdown(now_ns).convert()
+        self.scheduler.borrow_mut().shutdown(now_ns).convert()
     }
 
     fn stats(&self, _now_ns: u64) -> wit::SchedulerStats {
-        self.0.borrow().stats().convert()
+        self.scheduler.borrow().stats().convert()
     }
 
     fn live_requests(&self, _now_ns: u64) -> Vec<wit::LiveRequest> {
-        self.0.borrow().live_requests().convert()
+        self.scheduler.borrow().live_requests().convert()
     }
 
     fn export_state(&self, _now_ns: u64) -> Vec<u8> {
-        self.0.borrow().export_state()
+        self.scheduler.borrow().export_state()
     }
 }
 
-#[cfg(all(target_arch = "wasm32", feature = "export"))]
-export_policy!(Policy);
+#[cfg(feature = "fcfs")]
+export!(Fcfs);
+#[cfg(feature = "priority")]
+export!(Priority);
+#[cfg(feature = "fair")]
+export!(Fair);
 
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-/// A panic is a bug: trap, and let the host fail the affected requests and reload.
+/// A panic is a bug: trap, and let the host recover the affected requests and reload.
 #[cfg(target_arch = "wasm32")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -17,6 +17,7 @@ use core::cell::Cell;
 use waypoint_policy::exports::waypoint::scheduler::scheduler::{
     Guest, GuestScheduler, PolicyInfo, Scheduler as SchedulerHandle,
 };
+use waypoint_policy::Fcfs;
 use waypoint_policy::{wit, Component};
 
 /// The first step whose output is corrupted.
@@ -66,7 +67,7 @@ impl Guest for Liar {
 
 /// The real scheduler and what the lies need to know of its configuration.
 struct Lying {
-    inner: Component,
+    inner: Component<Fcfs>,
     num_blocks: u32,
     max_num_seqs: u32,
     /// `schedule` calls so far.
@@ -190,9 +191,9 @@ impl GuestScheduler for Lying {
         }))
     }
 
-    fn import_state(state: Vec<u8>, _now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
+    fn import_state(state: Vec<u8>, now_ns: u64) -> Result<SchedulerHandle, wit::StateError> {
         Ok(SchedulerHandle::new(Self {
-            inner: Component::from_state(&state)?,
+            inner: Component::from_state(&state, now_ns)?,
             num_blocks: 0,
             max_num_seqs: 0,
             steps: Cell::new(0),
