@@ -1,8 +1,10 @@
 //! Lying policy components (`components/hostile/lie-<rule>.wasm`, built by `cargo xtask
 //! hostile`: the real fcfs scheduler with one lie from step 3 on) through the real binary. Under
-//! `serve`, the request in flight fails with an error that names the broken rule, `/health`
-//! reports the reload, and the server goes on serving other clients; under `simulate`, the run
-//! stops with that error. Nothing panics.
+//! `serve`, every instance faults at its third step, so the request in flight is resubmitted to
+//! fresh ones until the third fault hands it to the built-in fcfs, and it completes; a lie about
+//! that request names it, and three faults that name it fail it with an error that names the
+//! broken rule. The server goes on serving; under `simulate`, the run stops with the error.
+//! Nothing panics.
 
 mod serving;
 
@@ -11,19 +13,23 @@ use std::time::Duration;
 
 use serving::Server;
 
-/// Each lie and words of the error that must name it.
-const LIES: [(&str, &str); 11] = [
-    ("unknown-handle", "unknown request handle"),
-    ("repeated-handle", "is named twice"),
-    ("range", "computed + "),
-    ("block-id", "is outside 1..512"),
-    ("too-few-blocks", "blocks for its range"),
-    ("over-budget", "over the budget of 32"),
-    ("too-many-entries", "over max_num_seqs 4"),
-    ("early-sample", "samples before its last known token"),
-    ("unknown-preempted", "unknown request handle 3735928559"),
-    ("unknown-event-id", "\"ghost\" is not a live request"),
-    ("stats", "KV cache usage 2"),
+/// Each lie, words of the error that must name it, and whether the lie names a live request.
+const LIES: [(&str, &str, bool); 11] = [
+    ("unknown-handle", "unknown request handle", false),
+    ("repeated-handle", "is named twice", true),
+    ("range", "computed + ", true),
+    ("block-id", "is outside 1..512", true),
+    ("too-few-blocks", "blocks for its range", true),
+    ("over-budget", "over the budget of 32", false),
+    ("too-many-entries", "over max_num_seqs 4", false),
+    ("early-sample", "samples before its last known token", true),
+    (
+        "unknown-preempted",
+        "unknown request handle 3735928559",
+        false,
+    ),
+    ("unknown-event-id", "\"ghost\" is not a live request", false),
+    ("stats", "KV cache usage 2", false),
 ];
 
 /// Small enough that the lies which need it (a recomputed step, a batch one too large) break a
@@ -59,9 +65,10 @@ fn wait_until_healthy(client: &reqwest::blocking::Client, url: &str) {
     panic!("the server never became healthy again");
 }
 
-/// One liar under `serve`: the long request fails naming the rule, a short one (done before the
-/// reloaded guest's step 3) succeeds, and the server stays healthy.
-fn serve_survives(rule: &str, words: &str) {
+/// One liar under `serve`: the long request completes, or fails naming the rule when the lie
+/// names it; three faults put fcfs in the liar's place, a short request succeeds, and the
+/// server stays healthy.
+fn serve_survives(rule: &str, words: &str, names_request: bool) {
     let scheduler = component(rule);
     let mut args = vec!["--scheduler", scheduler.as_str()];
     args.extend(ENGINE);
@@ -76,13 +83,37 @@ fn serve_survives(rule: &str, words: &str) {
         .json(&completion(&"x".repeat(60), 16))
         .send()
         .expect("the server answers");
-    assert_eq!(long.status(), 503, "{rule}: the lied-to request fails");
-    let body: serde_json::Value = long.json().expect("an OpenAI error body");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("broke the contract") && message.contains(words),
-        "{rule}: the error names the rule: {body}"
-    );
+    if names_request {
+        assert_eq!(long.status(), 503, "{rule}: the lied-about request fails");
+        let body: serde_json::Value = long.json().expect("an OpenAI error body");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("3 scheduler faults named it")
+                && message.contains("broke the contract")
+                && message.contains(words),
+            "{rule}: the error names the rule: {body}"
+        );
+    } else {
+        assert_eq!(
+            long.status(),
+            200,
+            "{rule}: the request outlives the faults"
+        );
+        let body: serde_json::Value = long.json().expect("a completion");
+        assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
+    }
+    let metrics = server.metrics();
+    for (name, value) in [
+        ("waypoint:scheduler_faults_total", " 3"),
+        ("waypoint:policy_fallbacks_total", " 1"),
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with(name) && line.ends_with(value)),
+            "{rule}: {name}{value} in\n{metrics}"
+        );
+    }
 
     wait_until_healthy(&client, &server.url);
     let short = client
@@ -106,8 +137,8 @@ macro_rules! serve_tests {
     ($($name:ident => $index:expr),* $(,)?) => {$(
         #[test]
         fn $name() {
-            let (rule, words) = LIES[$index];
-            serve_survives(rule, words);
+            let (rule, words, names_request) = LIES[$index];
+            serve_survives(rule, words, names_request);
         }
     )*};
 }
@@ -128,7 +159,7 @@ serve_tests! {
 
 #[test]
 fn simulate_stops_with_the_broken_rule_for_every_lie() {
-    for (rule, words) in LIES {
+    for (rule, words, _) in LIES {
         let output = Command::new(env!("CARGO_BIN_EXE_waypoint"))
             .args(["simulate", "--scheduler", &component(rule)])
             .args(ENGINE)
