@@ -57,7 +57,7 @@ pub use output::{
     RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry, ScheduledKind,
     SchedulerOutput, SchedulerStats,
 };
-pub use policy::{Enqueue, Policy, RequestView, Ticket};
+pub use policy::{ByKey, Enqueue, KeyOrder, Policy, RequestView, Ticket};
 pub use request::{FinishStatus, NewRequest, Recovery, Request, RequestId, RequestStatus};
 pub use scheduler::Scheduler;
 pub use step_trace::StepEvent;

@@ -16,7 +16,8 @@
 //!   policy's own accounting through a live swap to another component.
 //!
 //! A policy sees requests only through [`RequestView`] and names queued ones by [`Ticket`]; the
-//! scheduler's tables stay its own. [`Fifo`] and [`Ordered`] are ready-made waiting queues.
+//! scheduler's tables stay its own. [`Fifo`] and [`Ordered`] are ready-made waiting queues, and
+//! [`ByKey`] makes a whole policy of a [`KeyOrder`] (a key per request).
 //! Policy authors use this module through the `waypoint-policy` crate, which turns a
 //! `Policy + Default` type into a complete `policy` component.
 
@@ -249,6 +250,58 @@ impl<K: Ord + Clone> Ordered<K> {
     /// The queue in key order.
     pub fn iter(&self) -> impl Iterator<Item = Ticket> + '_ {
         self.queue.values().copied()
+    }
+}
+
+/// A policy that orders the waiting queue by a key computed once per enqueue, and preempts the
+/// running request with the largest key (the latest admitted of equals): implement this, and
+/// [`ByKey`] is the [`Policy`].
+pub trait KeyOrder: Send {
+    /// The key; smaller is admitted first.
+    type Key: Ord + Clone + Send;
+    /// The policy's name.
+    fn name(&self) -> &'static str;
+    /// The policy's version.
+    fn version(&self) -> &'static str;
+    /// `request`'s key, when it starts waiting and when it is a preemption candidate.
+    fn key(&self, request: &RequestView<'_>) -> Self::Key;
+}
+
+/// The [`Policy`] of a [`KeyOrder`].
+#[derive(Clone, Debug, Default)]
+pub struct ByKey<O: KeyOrder> {
+    order: O,
+    waiting: Ordered<O::Key>,
+}
+
+impl<O: KeyOrder> Policy for ByKey<O> {
+    fn name(&self) -> &'static str {
+        self.order.name()
+    }
+    fn version(&self) -> &'static str {
+        self.order.version()
+    }
+    fn enqueue(&mut self, request: &RequestView<'_>, ticket: Ticket, _why: Enqueue) {
+        self.waiting.insert(self.order.key(request), ticket);
+    }
+    fn next(&self) -> Option<Ticket> {
+        self.waiting.first()
+    }
+    fn remove(&mut self, _request: &RequestView<'_>, ticket: Ticket) -> bool {
+        self.waiting.remove(ticket)
+    }
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+    fn order(&self) -> Vec<Ticket> {
+        self.waiting.iter().collect()
+    }
+    fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
+        let keys: Vec<O::Key> = running.iter().map(|r| self.order.key(r)).collect();
+        // `max_by` keeps the last of equal maxima: the latest admitted.
+        (0..keys.len())
+            .max_by(|&a, &b| keys[a].cmp(&keys[b]))
+            .unwrap_or(0)
     }
 }
 

@@ -564,6 +564,17 @@ impl Worker {
             pause_ns as f64 / 1e6,
             self.engine.num_unfinished()
         );
+        self.policy_changed(&from, &to, now);
+        Ok(Swapped {
+            policy: to,
+            pause_ns,
+            live_requests: self.engine.num_unfinished(),
+        })
+    }
+
+    /// The policy `to` replaced `from`: the policy gauge, and an event on the open step window
+    /// and every live request's span.
+    fn policy_changed(&mut self, from: &PolicyDescription, to: &PolicyDescription, now: u64) {
         self.parts
             .metrics
             .policy_running((&to.name, &to.version), Some((&from.name, &from.version)));
@@ -574,11 +585,6 @@ impl Worker {
                 .filter_map(|client| client.span.as_mut());
             spans.policy_swapped(requests, &from.to_string(), &to.to_string(), now);
         }
-        Ok(Swapped {
-            policy: to,
-            pause_ns,
-            live_requests: self.engine.num_unfinished(),
-        })
     }
 
     /// `wanted`, or `wanted-1`, `wanted-2`, ... if a live request holds it: a client's
@@ -792,16 +798,7 @@ impl Worker {
                     window_ns / 1_000_000_000
                 );
                 self.parts.metrics.policy_fallback();
-                self.parts
-                    .metrics
-                    .policy_running((&to.name, &to.version), Some((&from.name, &from.version)));
-                if let Some(spans) = self.parts.spans.as_mut() {
-                    let requests = self
-                        .engine
-                        .payloads_mut()
-                        .filter_map(|client| client.span.as_mut());
-                    spans.policy_swapped(requests, &from.to_string(), &to.to_string(), now);
-                }
+                self.policy_changed(&from, &to, now);
             }
             for (id, client) in failed {
                 let message = format!(

@@ -42,7 +42,9 @@ use core::marker::PhantomData;
 use waypoint_scheduler::wit::Convert;
 use waypoint_scheduler::{FinishStatus, Scheduler};
 
-pub use waypoint_scheduler::policy::{Enqueue, Fifo, Ordered, Policy, RequestView, Ticket};
+pub use waypoint_scheduler::policy::{
+    ByKey, Enqueue, Fifo, KeyOrder, Ordered, Policy, RequestView, Ticket,
+};
 /// The built-in policies, for a policy that builds on one.
 pub use waypoint_scheduler::policy::{Fair, Fcfs, Priority};
 
@@ -60,7 +62,8 @@ use exports::waypoint::scheduler::scheduler::{
 pub use exports::waypoint::scheduler::types as wit;
 
 /// Export `$policy` (a [`Policy`] + [`Default`] type) as this component's scheduler policy.
-/// Invoke it once, at the crate root of a `cdylib`; it exports nothing outside wasm32.
+/// Invoke it once, at the crate root of a `cdylib`. Outside wasm32 it exports nothing, but
+/// still checks that `$policy` is one.
 #[macro_export]
 macro_rules! export {
     ($policy:ty) => {
@@ -69,8 +72,14 @@ macro_rules! export {
             type WaypointPolicyExports = $crate::Exports<$policy>;
     $crate::export_policy!(WaypointPolicyExports with_types_in $crate);
         };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = $crate::assert_policy::<$policy>();
     };
 }
+
+/// Compiles only for a type [`export!`] can export.
+#[doc(hidden)]
+pub const fn assert_policy<P: Policy + Default + 'static>() {}
 
 /// The exports of a component whose policy is `P`.
 pub struct Exports<P>(PhantomData<P>);

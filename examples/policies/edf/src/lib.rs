@@ -8,27 +8,16 @@
 
 #![no_std]
 
-extern crate alloc;
+use waypoint_policy::{ByKey, KeyOrder, RequestView};
 
-use alloc::vec::Vec;
-
-use waypoint_policy::{Enqueue, Ordered, Policy, RequestView, Ticket};
-
-/// `(deadline, arrival)`: no deadline sorts last.
-fn key(request: &RequestView<'_>) -> (u64, u64) {
-    (
-        request.deadline_ns().unwrap_or(u64::MAX),
-        request.arrival_ns(),
-    )
-}
-
-/// The waiting requests by deadline.
+/// Requests by deadline, then arrival.
 #[derive(Default)]
-pub struct EarliestDeadlineFirst {
-    waiting: Ordered<(u64, u64)>,
-}
+pub struct EarliestDeadlineFirst;
 
-impl Policy for EarliestDeadlineFirst {
+impl KeyOrder for EarliestDeadlineFirst {
+    /// `(deadline, arrival)`: no deadline sorts last.
+    type Key = (u64, u64);
+
     fn name(&self) -> &'static str {
         "edf"
     }
@@ -37,36 +26,12 @@ impl Policy for EarliestDeadlineFirst {
         env!("CARGO_PKG_VERSION")
     }
 
-    fn enqueue(&mut self, request: &RequestView<'_>, ticket: Ticket, _why: Enqueue) {
-        self.waiting.insert(key(request), ticket);
-    }
-
-    fn next(&self) -> Option<Ticket> {
-        self.waiting.first()
-    }
-
-    fn remove(&mut self, _request: &RequestView<'_>, ticket: Ticket) -> bool {
-        self.waiting.remove(ticket)
-    }
-
-    fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    fn order(&self) -> Vec<Ticket> {
-        self.waiting.iter().collect()
-    }
-
-    /// The latest deadline (no deadline is latest); the latest admitted of equals.
-    fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
-        let mut victim = 0;
-        for (position, request) in running.iter().enumerate() {
-            if key(request) >= key(&running[victim]) {
-                victim = position;
-            }
-        }
-        victim
+    fn key(&self, request: &RequestView<'_>) -> (u64, u64) {
+        (
+            request.deadline_ns().unwrap_or(u64::MAX),
+            request.arrival_ns(),
+        )
     }
 }
 
-waypoint_policy::export!(EarliestDeadlineFirst);
+waypoint_policy::export!(ByKey<EarliestDeadlineFirst>);

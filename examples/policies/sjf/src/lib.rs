@@ -6,39 +6,24 @@
 //! with a job of `n` tokens is ahead of every request that arrives after `t + 20·n` ms.
 //!
 //! Aging by `waited / AGE` changes every job's score by the same amount at any instant, so the
-//! order is that of the fixed key `job · AGE + arrival`, computed once per enqueue.
+//! order is that of the fixed key `job · AGE + arrival`, computed once per enqueue. A preempted
+//! request keeps its key, and the victim is the running request with the largest one.
 
 #![no_std]
 
-extern crate alloc;
-
-use alloc::vec::Vec;
-
-use waypoint_policy::{Enqueue, Ordered, Policy, RequestView, Ticket};
+use waypoint_policy::{ByKey, KeyOrder, RequestView};
 
 /// Nanoseconds of waiting that count as one token less of job: 20 ms, so a 2,000-token job
 /// yields to shorter ones for at most 40 s.
 const AGE_NS_PER_TOKEN: u64 = 20_000_000;
 
-/// The job's tokens: its prompt and the most it may generate.
-fn job_tokens(request: &RequestView<'_>) -> u64 {
-    u64::from(request.prompt_len()) + u64::from(request.max_tokens())
-}
-
-/// The aged job length, as a key that stays fixed while the request waits.
-fn key(request: &RequestView<'_>) -> u64 {
-    job_tokens(request)
-        .saturating_mul(AGE_NS_PER_TOKEN)
-        .saturating_add(request.arrival_ns())
-}
-
-/// The waiting requests by aged job length.
+/// Jobs by aged length.
 #[derive(Default)]
-pub struct ShortestJobFirst {
-    waiting: Ordered<u64>,
-}
+pub struct ShortestJobFirst;
 
-impl Policy for ShortestJobFirst {
+impl KeyOrder for ShortestJobFirst {
+    type Key = u64;
+
     fn name(&self) -> &'static str {
         "sjf"
     }
@@ -47,38 +32,13 @@ impl Policy for ShortestJobFirst {
         env!("CARGO_PKG_VERSION")
     }
 
-    /// A preempted request keeps its key, so it resumes where its job length and age put it.
-    fn enqueue(&mut self, request: &RequestView<'_>, ticket: Ticket, _why: Enqueue) {
-        self.waiting.insert(key(request), ticket);
-    }
-
-    fn next(&self) -> Option<Ticket> {
-        self.waiting.first()
-    }
-
-    fn remove(&mut self, _request: &RequestView<'_>, ticket: Ticket) -> bool {
-        self.waiting.remove(ticket)
-    }
-
-    fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    fn order(&self) -> Vec<Ticket> {
-        self.waiting.iter().collect()
-    }
-
-    /// The running request this policy would have admitted last: the largest aged job (the
-    /// latest admitted of equals).
-    fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
-        let mut victim = 0;
-        for (position, request) in running.iter().enumerate() {
-            if key(request) >= key(&running[victim]) {
-                victim = position;
-            }
-        }
-        victim
+    /// The aged job length, as a key that stays fixed while the request waits.
+    fn key(&self, request: &RequestView<'_>) -> u64 {
+        let job_tokens = u64::from(request.prompt_len()) + u64::from(request.max_tokens());
+        job_tokens
+            .saturating_mul(AGE_NS_PER_TOKEN)
+            .saturating_add(request.arrival_ns())
     }
 }
 
-waypoint_policy::export!(ShortestJobFirst);
+waypoint_policy::export!(ByKey<ShortestJobFirst>);
