@@ -75,6 +75,8 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
 
     let (status, body) = upload(component("priority.wasm"), None);
     assert_eq!(status, 401, "{body}");
+    let (status, body) = upload(component("priority.wasm"), Some("not-the-key"));
+    assert_eq!(status, 401, "{body}");
     let (status, body) = upload(b"not a component".to_vec(), Some("root"));
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"]
