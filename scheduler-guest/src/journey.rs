@@ -1,10 +1,11 @@
-//! Request journeys: the five lifecycle events with their progress snapshots, the per-request
-//! journey state behind them, and the canonical JSON Lines form.
+//! Request journeys: the lifecycle events with their progress snapshots, the per-request journey
+//! state behind them, and the canonical JSON Lines form.
 //!
 //! Semantics are those of the reference system's span era: QUEUED when `add_request` enqueues,
 //! SCHEDULED(FIRST|RESUME) on admission from the waiting queue, PREEMPTED after a preemption,
-//! FIRST_TOKEN when the output count leaves 0, FINISHED on every terminal path. Events are
-//! returned by the call that produced them; nothing is buffered across calls.
+//! FIRST_TOKEN when the output count leaves 0, FINISHED on every terminal path. Waypoint adds
+//! RECOVERED: `add_request` of a request resubmitted after a fault, in place of a second QUEUED.
+//! Events are returned by the call that produced them; nothing is buffered across calls.
 
 use alloc::string::String;
 
