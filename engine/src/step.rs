@@ -168,6 +168,8 @@ pub struct Refused<P = ()> {
     /// Why.
     #[source]
     pub error: BackendError,
+    /// The request, back to the caller (to submit again after a fault).
+    pub request: Box<EngineRequest>,
     /// The request's payload, back to the caller.
     pub payload: P,
 }
@@ -276,47 +278,76 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         payload: P,
         now_ns: u64,
     ) -> Result<Vec<JourneyEvent>, Refused<P>> {
-        let id: RequestId = request.request.id.as_str().into();
+        let EngineRequest {
+            request: mut submission,
+            sampling,
+        } = request;
+        let tokens = std::mem::take(&mut submission.prompt_token_ids);
+        let request = NewRequest {
+            prompt_token_ids: tokens.clone(),
+            ..submission.clone()
+        };
         let running = Running {
-            id: id.clone(),
-            submission: NewRequest {
-                prompt_token_ids: Vec::new(),
-                ..request.request.clone()
-            },
-            tokens: request.request.prompt_token_ids.clone(),
-            prompt_len: request.request.prompt_token_ids.len(),
+            id: submission.id.as_str().into(),
+            submission,
+            prompt_len: tokens.len(),
+            tokens,
             num_preemptions: 0,
             faults: 0,
             block_table: Vec::new(),
-            sampling: request.sampling,
+            sampling,
             arrival_ns: now_ns,
             first_scheduled_ns: None,
             first_token_ns: None,
             cached_tokens: 0,
             payload,
         };
-        let added = match self.backend.add_request(request.request, now_ns) {
-            Ok(added) => added,
-            Err(error) => {
-                return Err(Refused {
-                    error,
-                    payload: running.payload,
-                })
+        self.admit(running, request, now_ns).map_err(|refused| {
+            let (error, running) = *refused;
+            Refused {
+                error,
+                request: Box::new(EngineRequest {
+                    request: NewRequest {
+                        prompt_token_ids: running.tokens,
+                        ..running.submission
+                    },
+                    sampling: running.sampling,
+                }),
+                payload: running.payload,
             }
+        })
+    }
+
+    /// Hand `request`, the submission of `running`, to the scheduler and hold `running` under
+    /// the handle it gets; on an error `running` comes back.
+    fn admit(
+        &mut self,
+        running: Running<P>,
+        request: NewRequest,
+        now_ns: u64,
+    ) -> Result<Vec<JourneyEvent>, Box<(BackendError, Running<P>)>> {
+        let added = match self.backend.add_request(request, now_ns) {
+            Ok(added) => added,
+            Err(error) => return Err(Box::new((error, running))),
         };
         // The component backend checks this already; a native scheduler's bug stops here too.
         if self.requests.contains_key(&added.handle) {
             let violation = ContractViolation::HandleReused {
                 handle: added.handle,
             };
-            return Err(Refused {
-                error: GuestFault::Contract(violation).into(),
-                payload: running.payload,
-            });
+            return Err(Box::new((GuestFault::Contract(violation).into(), running)));
         }
+        self.handles.insert(running.id.clone(), added.handle);
         self.requests.insert(added.handle, running);
-        self.handles.insert(id, added.handle);
         Ok(added.journey_events)
+    }
+
+    /// Take every live request out of the engine, those waiting for a recovery included.
+    fn take_all(&mut self) -> Vec<Running<P>> {
+        self.handles.clear();
+        let mut all = std::mem::take(&mut self.pending);
+        all.extend(self.requests.drain().map(|(_, running)| running));
+        all
     }
 
     /// One step: schedule, compute, sample, update. `clock` gives the time after the model ran.
@@ -511,9 +542,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         max_faults: u32,
         now_ns: u64,
     ) -> Recovered<P> {
-        self.handles.clear();
-        let mut waiting: Vec<Running<P>> = std::mem::take(&mut self.pending);
-        waiting.extend(self.requests.drain().map(|(_, running)| running));
+        let mut waiting = self.take_all();
         waiting.sort_by(|a, b| (a.arrival_ns, &a.id).cmp(&(b.arrival_ns, &b.id)));
         let mut recovered = Recovered {
             failed: Vec::new(),
@@ -543,27 +572,18 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
         }
         let mut kept = kept.into_iter();
         while let Some(mut running) = kept.next() {
-            match self.backend.add_request(running.resubmission(), now_ns) {
-                Ok(added) if !self.requests.contains_key(&added.handle) => {
-                    running.block_table.clear();
-                    self.handles.insert(running.id.clone(), added.handle);
-                    self.requests.insert(added.handle, running);
-                    recovered.journey_events.extend(added.journey_events);
-                }
-                Ok(added) => {
-                    let violation = ContractViolation::HandleReused {
-                        handle: added.handle,
-                    };
-                    self.pending.push(running);
-                    self.pending.extend(kept);
-                    recovered.result = Err(GuestFault::Contract(violation).into());
-                    return recovered;
-                }
+            running.block_table.clear();
+            let request = running.resubmission();
+            match self
+                .admit(running, request, now_ns)
+                .map_err(|refused| *refused)
+            {
+                Ok(events) => recovered.journey_events.extend(events),
                 // The fresh scheduler refuses the request itself: nothing more can be done.
-                Err(BackendError::Request(_)) => {
+                Err((BackendError::Request(_), running)) => {
                     recovered.failed.push((running.id, running.payload))
                 }
-                Err(error) => {
+                Err((error, running)) => {
                     self.pending.push(running);
                     self.pending.extend(kept);
                     recovered.result = Err(error);
@@ -578,17 +598,11 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     /// held is lost, and comes back with its payload whether or not the fresh one starts, so
     /// that the caller can fail it.
     pub fn reload(&mut self) -> Reloaded<P> {
-        self.handles.clear();
-        let mut lost: Vec<(RequestId, P)> = self
-            .pending
-            .drain(..)
+        let lost = self
+            .take_all()
+            .into_iter()
             .map(|running| (running.id, running.payload))
             .collect();
-        lost.extend(
-            self.requests
-                .drain()
-                .map(|(_, running)| (running.id, running.payload)),
-        );
         Reloaded {
             lost,
             result: self.backend.reload(),

@@ -52,7 +52,8 @@ pub enum GuestBuildError {
     },
 }
 
-fn cargo() -> OsString {
+/// The cargo that runs this build (`$CARGO`), or `cargo` from the path.
+pub fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
@@ -136,12 +137,12 @@ impl CargoBuild<'_> {
             tool: "cargo".into(),
             source,
         })?;
-        let name = match (self.package, self.feature) {
-            (Some(package), Some(feature)) => format!("{package} with feature {feature}"),
-            (Some(package), None) => package.to_owned(),
-            _ => self.manifest.display().to_string(),
-        };
         if !status.success() {
+            let name = match (self.package, self.feature) {
+                (Some(package), Some(feature)) => format!("{package} with feature {feature}"),
+                (Some(package), None) => package.to_owned(),
+                _ => self.manifest.display().to_string(),
+            };
             return Err(GuestBuildError::Cargo(name));
         }
         Ok(target

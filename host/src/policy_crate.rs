@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use waypoint_guest_build::{componentize, ensure_wasm_target, CargoBuild, GuestBuildError};
+use waypoint_guest_build::{cargo, componentize, ensure_wasm_target, CargoBuild, GuestBuildError};
 
 /// What a policy crate command could not do.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +149,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, PolicyCrateError> {
         manifest: manifest.clone(),
         message,
     };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let output = Command::new(cargo())
         .args([
             "metadata",
             "--format-version",

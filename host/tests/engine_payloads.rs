@@ -74,7 +74,7 @@ fn every_payload_comes_back_once_on_each_way_out() {
     let refused = engine
         .add(request("short", 2), Tracked::new("duplicate", &alive), 0)
         .expect_err("a duplicate id is refused");
-    let Refused { error, payload } = refused;
+    let Refused { error, payload, .. } = refused;
     assert!(matches!(error, BackendError::Request(_)), "{error}");
     assert_eq!(payload.id, "duplicate");
     drop(payload);

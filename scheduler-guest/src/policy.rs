@@ -253,9 +253,9 @@ impl<K: Ord + Clone> Ordered<K> {
     }
 }
 
-/// A policy that orders the waiting queue by a key computed once per enqueue, and preempts the
-/// running request with the largest key (the latest admitted of equals): implement this, and
-/// [`ByKey`] is the [`Policy`].
+/// A policy that orders the waiting queue by a key computed once per enqueue, and by default
+/// preempts the running request with the largest key (the latest admitted of equals):
+/// implement this, and [`ByKey`] is the [`Policy`].
 pub trait KeyOrder: Send {
     /// The key; smaller is admitted first.
     type Key: Ord + Clone + Send;
@@ -265,6 +265,15 @@ pub trait KeyOrder: Send {
     fn version(&self) -> &'static str;
     /// `request`'s key, when it starts waiting and when it is a preemption candidate.
     fn key(&self, request: &RequestView<'_>) -> Self::Key;
+    /// The position in `running` of the request to preempt: by default the one with the
+    /// largest key, the latest admitted of equals.
+    fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
+        let keys: Vec<Self::Key> = running.iter().map(|r| self.key(r)).collect();
+        // `max_by` keeps the last of equal maxima: the latest admitted.
+        (0..keys.len())
+            .max_by(|&a, &b| keys[a].cmp(&keys[b]))
+            .unwrap_or(0)
+    }
 }
 
 /// The [`Policy`] of a [`KeyOrder`].
@@ -297,11 +306,7 @@ impl<O: KeyOrder> Policy for ByKey<O> {
         self.waiting.iter().collect()
     }
     fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
-        let keys: Vec<O::Key> = running.iter().map(|r| self.order.key(r)).collect();
-        // `max_by` keeps the last of equal maxima: the latest admitted.
-        (0..keys.len())
-            .max_by(|&a, &b| keys[a].cmp(&keys[b]))
-            .unwrap_or(0)
+        self.order.preemption_victim(running)
     }
 }
 
@@ -353,37 +358,27 @@ impl Policy for Fcfs {
 /// Lowest `(priority, arrival, id)` first (vLLM's `priority`). A preempted request rejoins the
 /// order by its key. The victim is the running request with the largest `(priority, arrival)`,
 /// the first such one on a tie (Python's `max`).
-#[derive(Clone, Debug, Default)]
-pub struct Priority {
-    queue: Ordered<(i32, u64, String)>,
-}
+pub type Priority = ByKey<PriorityOrder>;
 
-impl Policy for Priority {
+/// The order of [`Priority`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PriorityOrder;
+
+impl KeyOrder for PriorityOrder {
+    type Key = (i32, u64, String);
+
     fn name(&self) -> &'static str {
         "priority"
     }
     fn version(&self) -> &'static str {
         BUILTIN_VERSION
     }
-    fn enqueue(&mut self, request: &RequestView<'_>, ticket: Ticket, _why: Enqueue) {
-        let key = (
+    fn key(&self, request: &RequestView<'_>) -> Self::Key {
+        (
             request.priority(),
             request.arrival_ns(),
             request.id().into(),
-        );
-        self.queue.insert(key, ticket);
-    }
-    fn next(&self) -> Option<Ticket> {
-        self.queue.first()
-    }
-    fn remove(&mut self, _request: &RequestView<'_>, ticket: Ticket) -> bool {
-        self.queue.remove(ticket)
-    }
-    fn len(&self) -> usize {
-        self.queue.len()
-    }
-    fn order(&self) -> Vec<Ticket> {
-        self.queue.iter().collect()
+        )
     }
     fn preemption_victim(&self, running: &[RequestView<'_>]) -> usize {
         let mut victim = 0;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use waypoint_guest_build::{componentize, ensure_wasm_target, CargoBuild};
+use waypoint_guest_build::{cargo, componentize, ensure_wasm_target, CargoBuild};
 
 /// One component: the crate and features to build, the cargo profile, and the file to write.
 struct Guest {
@@ -132,8 +132,7 @@ fn build_hostile() -> Result<()> {
 
 /// The release host binary, built the ordinary way (no guest settings).
 fn build_host() -> Result<()> {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(cargo())
         .current_dir(workspace_root())
         .args(["build", "--release", "--package", "waypoint"])
         .status()

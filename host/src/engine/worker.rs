@@ -490,23 +490,23 @@ impl Worker {
         let mut attempts = 1;
         let (now, added) = loop {
             let now = self.parts.clock.now_ns();
-            match self.engine.add(request.clone(), client, now) {
+            match self.engine.add(request, client, now) {
                 Err(Refused {
                     error: error @ BackendError::Guest(_),
+                    request: refused,
                     payload,
                 }) if attempts < self.parts.faults.max_faults_per_request => {
                     attempts += 1;
-                    client = payload;
                     self.fault(&error, &[]);
                     if self.availability.reason().is_some() {
-                        break (
-                            now,
-                            Err(Refused {
-                                error,
-                                payload: client,
-                            }),
-                        );
+                        let refused = Refused {
+                            error,
+                            request: refused,
+                            payload,
+                        };
+                        break (now, Err(refused));
                     }
+                    (request, client) = (*refused, payload);
                 }
                 added => break (now, added),
             }
@@ -528,11 +528,12 @@ impl Worker {
             Err(Refused {
                 error: BackendError::Request(error),
                 payload,
+                ..
             }) => {
                 let rejection = Rejection::Invalid(error.to_string());
                 let _ = payload.events.send(StreamEvent::Rejected(rejection));
             }
-            Err(Refused { error, payload }) => {
+            Err(Refused { error, payload, .. }) => {
                 let rejection = Rejection::Unavailable(error.to_string());
                 let _ = payload.events.send(StreamEvent::Rejected(rejection));
                 if self.availability.reason().is_none() {
