@@ -8,6 +8,7 @@
 //! lying component can neither panic the host nor steer the model runner outside the cache.
 
 use rustc_hash::FxHashMap;
+use waypoint_scheduler::kv::KvEvent;
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
 };
@@ -239,6 +240,7 @@ impl Mirror {
             });
         }
         self.check_events(CALL, &output.journey_events)?;
+        check_kv_events(CALL, &output.kv_events, config, false)?;
         for reference in &output.finished {
             self.referenced(CALL, reference)?;
         }
@@ -319,12 +321,17 @@ impl Mirror {
     }
 
     /// Every preempted id is a live request; preempted requests hold no blocks.
-    fn reset_outcome(&mut self, outcome: &ResetOutcome) -> Result<(), ContractViolation> {
+    fn reset_outcome(
+        &mut self,
+        outcome: &ResetOutcome,
+        config: &SchedulerConfig,
+    ) -> Result<(), ContractViolation> {
+        const CALL: Call = Call::ResetPrefixCache;
         for id in &outcome.preempted_ids {
-            let call = Call::ResetPrefixCache;
-            Self::unfinished_by_id(&self.by_id, &mut self.by_handle, call, id)?.blocks = 0;
+            Self::unfinished_by_id(&self.by_id, &mut self.by_handle, CALL, id)?.blocks = 0;
         }
-        self.check_events(Call::ResetPrefixCache, &outcome.journey_events)
+        self.check_events(CALL, &outcome.journey_events)?;
+        check_kv_events(CALL, &outcome.kv_events, config, outcome.reset)
     }
 
     /// The mirror after an import: every request the component says it holds.
@@ -392,6 +399,54 @@ impl Mirror {
 
 /// One entry's range, blocks and sampling against what the host knows of its request; the
 /// request's block count follows the entry.
+/// KV events within what one call can do to the configured cache: none with events off; each
+/// stored block with `block_size` tokens; no more blocks stored, or removed, than the cache
+/// holds; a clear only from a reset that cleared.
+fn check_kv_events(
+    call: Call,
+    events: &[KvEvent],
+    config: &SchedulerConfig,
+    may_clear: bool,
+) -> Result<(), ContractViolation> {
+    let impossible = |what: String| Err(ContractViolation::ImpossibleKvEvents { call, what });
+    if events.is_empty() {
+        return Ok(());
+    }
+    if !config.enable_kv_cache_events {
+        return impossible(format!("{} events with KV events off", events.len()));
+    }
+    let usable = u64::from(config.num_blocks.saturating_sub(1));
+    let (mut stored, mut removed) = (0u64, 0u64);
+    for event in events {
+        match event {
+            KvEvent::BlockStored(event) => {
+                let blocks = event.block_hashes.len() as u64;
+                if blocks == 0
+                    || event.token_ids.len() as u64 != blocks * u64::from(config.block_size)
+                {
+                    return impossible(format!(
+                        "{blocks} stored blocks with {} tokens (block size {})",
+                        event.token_ids.len(),
+                        config.block_size
+                    ));
+                }
+                stored += blocks;
+            }
+            KvEvent::BlockRemoved(event) => removed += event.block_hashes.len() as u64,
+            KvEvent::AllBlocksCleared if !may_clear => {
+                return impossible("a clear outside a successful reset".into())
+            }
+            KvEvent::AllBlocksCleared => {}
+        }
+    }
+    if stored > usable || removed > usable {
+        return impossible(format!(
+            "{stored} blocks stored and {removed} removed in one call, over the {usable} usable"
+        ));
+    }
+    Ok(())
+}
+
 fn check_entry(
     live: &mut Live,
     entry: &ScheduledEntry<'_>,
@@ -574,7 +629,7 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
     ) -> Result<ResetOutcome, BackendError> {
         let outcome =
             self.call(|transport| transport.reset_prefix_cache(reset_running_requests, now_ns))?;
-        let checked = self.mirror.reset_outcome(&outcome);
+        let checked = self.mirror.reset_outcome(&outcome, &self.config);
         self.checked(checked)?;
         Ok(outcome)
     }

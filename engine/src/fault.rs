@@ -206,6 +206,16 @@ pub enum ContractViolation {
     /// Statistics outside their bounds.
     #[error("stats: {0}")]
     StatsOutOfBounds(String),
+    /// KV events that could not come from the configured cache: events with events off, a
+    /// stored block without `block_size` tokens, more blocks than the cache has, a clear
+    /// outside a reset.
+    #[error("{call}: impossible KV events: {what}")]
+    ImpossibleKvEvents {
+        /// The call.
+        call: Call,
+        /// What is impossible about them.
+        what: String,
+    },
 }
 
 /// The request a violation is about, by its id or by its handle.

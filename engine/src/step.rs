@@ -16,6 +16,7 @@ use waypoint_scheduler::{
 
 use waypoint_model::sampling::{sample, SamplingParams};
 use waypoint_model::{rows, rows_async, BatchRequest, Model, PagedBatch, PagedKvCache};
+use waypoint_scheduler::kv::KvEvent;
 use waypoint_scheduler::output::SchedulerOutput;
 
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
@@ -141,6 +142,8 @@ pub struct StepResult<P = ()> {
     pub journey_events: Vec<JourneyEvent>,
     /// Step-tracing records of the step.
     pub step_events: Vec<StepEvent>,
+    /// Changes to the prefix cache in the step (with KV events on).
+    pub kv_events: Vec<KvEvent>,
 }
 
 /// Requests finished from outside the step loop.
@@ -384,7 +387,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
 
     /// Ask the scheduler for a step and gather its batch.
     fn plan(&mut self, now_ns: u64) -> Result<PlannedStep<P>, BackendError> {
-        let output = self.backend.schedule(now_ns)?;
+        let mut output = self.backend.schedule(now_ns)?;
         let mut result = StepResult {
             scheduled_tokens: output.total_num_scheduled_tokens,
             tokens: Vec::new(),
@@ -393,6 +396,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             preempted: Vec::new(),
             journey_events: output.journey_events.clone(),
             step_events: output.step_events.clone(),
+            kv_events: std::mem::take(&mut output.kv_events),
         };
         for preempted in &output.preempted {
             if let Some(running) = self.requests.get_mut(&preempted.handle) {
@@ -622,6 +626,11 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     /// The running scheduler's policy.
     pub fn policy(&self) -> &PolicyDescription {
         self.backend.policy()
+    }
+
+    /// The scheduler's whole state, as a swap would move it.
+    pub fn export_state(&mut self, now_ns: u64) -> Result<Vec<u8>, BackendError> {
+        self.backend.export_state(now_ns)
     }
 
     /// The scheduler's load and cache statistics.

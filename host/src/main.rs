@@ -29,6 +29,7 @@ use waypoint::sim::trace::ChromeTrace;
 use waypoint::sim::{simulate, Outputs, Settings};
 use waypoint::spec::SchedulerSpec;
 use waypoint::sweep;
+use waypoint::telemetry::kv_events::{CacheShape, KvEventPublisher, KvEventsConfig};
 use waypoint::telemetry::metrics::{CacheConfig, Metrics};
 use waypoint::telemetry::traces::{CoreSpans, Tracing};
 use waypoint::telemetry::Clock;
@@ -361,10 +362,19 @@ struct ServeArgs {
     /// Write the canonical journey JSON Lines of every sampled request here.
     #[arg(long)]
     journey_log: Option<PathBuf>,
+    /// Publish the prefix cache's changes as vLLM's KV events, for prefix-cache-aware routers;
+    /// vLLM's JSON, e.g. '{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557",
+    /// "replay_endpoint": "tcp://*:5558", "topic": "kv-events"}'.
+    #[arg(long, value_parser = parse_kv_events_config)]
+    kv_events_config: Option<KvEventsConfig>,
     #[command(flatten)]
     tracing: TracingArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+fn parse_kv_events_config(json: &str) -> Result<KvEventsConfig, String> {
+    KvEventsConfig::parse(json).map_err(|error| error.to_string())
 }
 
 #[derive(serde::Deserialize)]
@@ -506,6 +516,11 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
         || args.enable_request_timings;
     let mut config = args.engine.config(journeys);
     args.tracing.apply(&mut config);
+    let kv_events = args
+        .kv_events_config
+        .as_ref()
+        .filter(|kv_events| kv_events.publishes());
+    config.enable_kv_cache_events = kv_events.is_some();
     config.validate().context("engine settings")?;
     let loaded = waypoint::model::load(&args.model, args.device)?;
     let runtime = runtime(cli)?;
@@ -555,6 +570,25 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 },
             ));
             metrics.policy_running((&description.name, &description.version), None);
+            let kv_events = match kv_events {
+                Some(kv_events) => {
+                    let shape = CacheShape {
+                        block_size: config.block_size,
+                    };
+                    let (publisher, endpoints) =
+                        KvEventPublisher::start(kv_events, shape, metrics.clone())?;
+                    eprintln!(
+                        "waypoint: KV events on {}{}",
+                        endpoints.publish,
+                        endpoints
+                            .replay
+                            .map(|replay| format!(", replay on {replay}"))
+                            .unwrap_or_default()
+                    );
+                    Some(publisher)
+                }
+                None => None,
+            };
             let vocabulary = Arc::new(loaded.vocabulary);
             let handle = worker::spawn(
                 engine,
@@ -570,6 +604,7 @@ fn serve_command(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                         window_ns: args.policy_fault_window_s * 1_000_000_000,
                     },
                     fallback,
+                    kv_events,
                 },
             )
             .context("starting the engine thread")?;

@@ -79,6 +79,8 @@ impl Workload {
             enable_chunked_prefill: chunked,
             long_prefill_token_threshold: [0, 0, 16, 48][rng.below(4) as usize],
             reserve_full_prompt: rng.chance(80),
+            // From the seed, not the generator, so the workloads of every seed stay as they were.
+            enable_kv_cache_events: seed % 2 == 0,
             journey: JourneyConfig {
                 enabled: rng.chance(80),
             },

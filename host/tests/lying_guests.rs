@@ -14,7 +14,7 @@ use std::time::Duration;
 use serving::Server;
 
 /// Each lie, words of the error that must name it, and whether the lie names a live request.
-const LIES: [(&str, &str, bool); 11] = [
+const LIES: [(&str, &str, bool); 12] = [
     ("unknown-handle", "unknown request handle", false),
     ("repeated-handle", "is named twice", true),
     ("range", "computed + ", true),
@@ -30,6 +30,7 @@ const LIES: [(&str, &str, bool); 11] = [
     ),
     ("unknown-event-id", "\"ghost\" is not a live request", false),
     ("stats", "KV cache usage 2", false),
+    ("kv-events", "impossible KV events", false),
 ];
 
 /// Small enough that the lies which need it (a recomputed step, a batch one too large) break a
@@ -155,6 +156,7 @@ serve_tests! {
     serve_survives_an_unknown_preempted_handle => 8,
     serve_survives_an_event_for_an_unknown_request => 9,
     serve_survives_statistics_out_of_bounds => 10,
+    serve_survives_kv_events_the_cache_cannot_have_made => 11,
 }
 
 #[test]

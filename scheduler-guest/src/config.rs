@@ -76,6 +76,10 @@ pub struct SchedulerConfig {
     /// Admit a waiting request only when blocks for its whole sequence are free (vLLM 0.33's
     /// `scheduler_reserve_full_isl`, on by default), not just for its first chunk.
     pub reserve_full_prompt: bool,
+    /// Report every change to the prefix cache as a [`crate::kv::KvEvent`] (vLLM's
+    /// `enable_kv_cache_events`).
+    #[serde(default)]
+    pub enable_kv_cache_events: bool,
     /// Queue and preemption policy.
     pub policy: PolicyKind,
     /// Journey tracing.
@@ -96,6 +100,7 @@ impl Default for SchedulerConfig {
             enable_chunked_prefill: true,
             long_prefill_token_threshold: 0,
             reserve_full_prompt: true,
+            enable_kv_cache_events: false,
             policy: PolicyKind::Fcfs,
             journey: JourneyConfig::default(),
             step_tracing: StepTracingConfig::default(),

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::journey::JourneyEvent;
-use crate::kv::PrefixCacheStats;
+use crate::kv::{KvEvent, PrefixCacheStats};
 use crate::request::{FinishStatus, RequestId};
 use crate::step_trace::StepEvent;
 
@@ -228,6 +228,8 @@ pub struct SchedulerOutput {
     pub journey_events: Vec<JourneyEvent>,
     /// Step-tracing records of this call, in emission order.
     pub step_events: Vec<StepEvent>,
+    /// Changes to the prefix cache in this call, in order (with KV events on).
+    pub kv_events: Vec<KvEvent>,
 }
 
 /// What the model produced for the step in flight: one entry per batch position, in the same
@@ -317,6 +319,8 @@ pub struct ResetOutcome {
     pub preempted_ids: Vec<RequestId>,
     /// Journey events of this call.
     pub journey_events: Vec<JourneyEvent>,
+    /// `AllBlocksCleared` when the cache was cleared (with KV events on).
+    pub kv_events: Vec<KvEvent>,
 }
 
 /// A snapshot of the scheduler's load and cache.

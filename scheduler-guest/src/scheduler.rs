@@ -106,13 +106,17 @@ impl Scheduler {
         policy: Box<dyn Policy>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        let mut kv = KvCacheManager::new(
+            config.num_blocks,
+            config.block_size,
+            config.max_model_len,
+            config.enable_prefix_caching,
+        );
+        if config.enable_kv_cache_events {
+            kv.enable_events();
+        }
         Ok(Self {
-            kv: KvCacheManager::new(
-                config.num_blocks,
-                config.block_size,
-                config.max_model_len,
-                config.enable_prefix_caching,
-            ),
+            kv,
             requests: RequestTable::default(),
             waiting: policy,
             running: Vec::new(),
@@ -440,6 +444,7 @@ impl Scheduler {
             finished: mem::take(&mut self.finished_since_schedule),
             journey_events,
             step_events,
+            kv_events: self.kv.take_events(),
         };
         let mut output = output;
         if self.step_tracer.is_some() {
@@ -840,6 +845,7 @@ impl Scheduler {
             outcome.preempted_ids.reverse();
         }
         outcome.reset = self.kv.reset_prefix_cache();
+        outcome.kv_events = self.kv.take_events();
         outcome
     }
 

@@ -136,23 +136,32 @@ impl Scheduler {
         policy: Box<dyn Policy>,
         now_ns: u64,
     ) -> Result<Self, StateError> {
-        let body = bytes
-            .strip_prefix(&MAGIC[..])
-            .ok_or(StateError::NotAState)?;
-        let (version, body) = body
-            .split_first_chunk::<4>()
-            .ok_or_else(|| StateError::Malformed("truncated header".into()))?;
-        let version = u32::from_le_bytes(*version);
-        if version != STATE_VERSION {
-            return Err(StateError::UnsupportedVersion(version));
-        }
-        let state: StateV2 =
-            postcard::from_bytes(body).map_err(|e| StateError::Malformed(format!("{e}")))?;
+        let state = decode(bytes)?;
         let config = state.config;
         config.validate()?;
         let ref_counts = check(&state, &config)?;
         build(state, config, ref_counts, policy, now_ns)
     }
+}
+
+fn decode(bytes: &[u8]) -> Result<StateV2, StateError> {
+    let body = bytes
+        .strip_prefix(&MAGIC[..])
+        .ok_or(StateError::NotAState)?;
+    let (version, body) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| StateError::Malformed("truncated header".into()))?;
+    let version = u32::from_le_bytes(*version);
+    if version != STATE_VERSION {
+        return Err(StateError::UnsupportedVersion(version));
+    }
+    postcard::from_bytes(body).map_err(|e| StateError::Malformed(format!("{e}")))
+}
+
+/// The prefix cache of an exported state: every cached block with its hash, by block id (what
+/// a KV-event consumer's index of the scheduler should hold).
+pub fn cached_blocks(bytes: &[u8]) -> Result<Vec<(u32, BlockHash)>, StateError> {
+    Ok(decode(bytes)?.cached_blocks)
 }
 
 /// Check every cross-reference of a decoded state; returns the block reference counts.
@@ -311,13 +320,16 @@ fn build(
     now_ns: u64,
 ) -> Result<Scheduler, StateError> {
     let pool = BlockPool::restore(ref_counts, &state.free_blocks, &state.cached_blocks);
-    let kv = KvCacheManager::from_parts(
+    let mut kv = KvCacheManager::from_parts(
         pool,
         config.block_size,
         config.max_model_len,
         config.enable_prefix_caching,
         state.prefix_cache_stats,
     );
+    if config.enable_kv_cache_events {
+        kv.enable_events();
+    }
     let mut requests = RequestTable::default();
     let handles: Vec<ReqIdx> = state
         .requests

@@ -183,6 +183,7 @@ macro_rules! wit_conversions {
                 enable_chunked_prefill,
                 long_prefill_token_threshold,
                 reserve_full_prompt,
+                enable_kv_cache_events,
                 journey,
                 step_tracing,
             }..
@@ -294,8 +295,18 @@ macro_rules! wit_conversions {
                 finished,
                 journey_events,
                 step_events,
+                kv_events,
             }
         );
+        $crate::__wit_record!(
+            $wit::BlockStored = $crate::kv::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                cache_salt,
+            }
+        );
+        $crate::__wit_record!($wit::BlockRemoved = $crate::kv::BlockRemoved { block_hashes });
         $crate::__wit_record!(
             $wit::OutputFinish = $crate::OutputFinish {
                 index,
@@ -339,6 +350,7 @@ macro_rules! wit_conversions {
                 reset,
                 preempted_ids,
                 journey_events,
+                kv_events,
             }
         );
         $crate::__wit_record!(
@@ -366,6 +378,26 @@ macro_rules! wit_conversions {
         );
 
         use $crate::wit::Convert as _;
+        impl $crate::wit::Convert<$wit::KvEvent> for $crate::kv::KvEvent {
+            fn convert(self) -> $wit::KvEvent {
+                use $crate::kv::KvEvent as K;
+                match self {
+                    K::BlockStored(stored) => $wit::KvEvent::BlockStored(stored.convert()),
+                    K::BlockRemoved(removed) => $wit::KvEvent::BlockRemoved(removed.convert()),
+                    K::AllBlocksCleared => $wit::KvEvent::AllBlocksCleared,
+                }
+            }
+        }
+        impl $crate::wit::Convert<$crate::kv::KvEvent> for $wit::KvEvent {
+            fn convert(self) -> $crate::kv::KvEvent {
+                use $crate::kv::KvEvent as K;
+                match self {
+                    $wit::KvEvent::BlockStored(stored) => K::BlockStored(stored.convert()),
+                    $wit::KvEvent::BlockRemoved(removed) => K::BlockRemoved(removed.convert()),
+                    $wit::KvEvent::AllBlocksCleared => K::AllBlocksCleared,
+                }
+            }
+        }
         impl $crate::wit::Convert<$wit::StepEvent> for $crate::StepEvent {
             fn convert(self) -> $wit::StepEvent {
                 use $crate::StepEvent as S;

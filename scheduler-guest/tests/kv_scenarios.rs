@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use waypoint_scheduler::kv::events::external_hash;
 use waypoint_scheduler::kv::hash::{extend_block_hashes, hash_block_tokens, none_hash, ExtraKeys};
-use waypoint_scheduler::kv::{BlockPool, ComputedBlocks, FreeBlockQueue, KvCacheManager};
+use waypoint_scheduler::kv::{
+    BlockPool, BlockRemoved, BlockStored, ComputedBlocks, FreeBlockQueue, KvCacheManager, KvEvent,
+};
 use waypoint_scheduler::{NewRequest, Request, RequestHandle, SchedulerConfig};
 
 const BLOCK: u32 = 16;
@@ -288,6 +291,118 @@ fn p12_prefix_cache_reset_only_succeeds_with_every_block_free() {
     assert!(m.reset_prefix_cache());
     assert_eq!(m.pool().num_cached_hashes(), 0);
     assert!((0..11).all(|b| m.pool().block_hash(b).is_none()));
+}
+
+#[test]
+fn p13_kv_events_report_stores_evictions_and_clears_in_order() {
+    let blocks = 3;
+    let mut m = manager(blocks + 1, BLOCK, true);
+    assert!(m.take_events().is_empty(), "events are off until enabled");
+    m.enable_events();
+    let tokens: Vec<u32> = (0..blocks * BLOCK).collect();
+    let mut req0 = request("0", tokens.clone(), &m);
+    admit(&mut m, &mut req0).1.unwrap();
+    let stored: Vec<u64> = req0
+        .block_hashes()
+        .iter()
+        .copied()
+        .map(external_hash)
+        .collect();
+    assert_eq!(
+        m.take_events(),
+        [KvEvent::BlockStored(BlockStored {
+            block_hashes: stored.clone(),
+            parent_block_hash: None,
+            token_ids: tokens,
+            cache_salt: None,
+        })]
+    );
+    assert!(
+        m.take_events().is_empty(),
+        "taking events empties the queue"
+    );
+
+    // Other content needs every block: each cached one is evicted, then the new ones stored.
+    m.free(&mut req0);
+    let other: Vec<u32> = (10..10 + blocks * BLOCK).collect();
+    let mut req1 = request("1", other.clone(), &m);
+    admit(&mut m, &mut req1).1.unwrap();
+    let events = m.take_events();
+    assert_eq!(events.len(), blocks as usize + 1);
+    let mut removed: Vec<u64> = events[..blocks as usize]
+        .iter()
+        .map(|event| match event {
+            KvEvent::BlockRemoved(BlockRemoved { block_hashes }) => block_hashes[0],
+            other => panic!("expected BlockRemoved, got {other:?}"),
+        })
+        .collect();
+    removed.sort_unstable();
+    let mut expected = stored;
+    expected.sort_unstable();
+    assert_eq!(removed, expected);
+    let KvEvent::BlockStored(last) = &events[blocks as usize] else {
+        panic!(
+            "expected BlockStored last, got {:?}",
+            events[blocks as usize]
+        );
+    };
+    assert_eq!(last.block_hashes.len(), m.pool().num_cached_hashes());
+    assert_eq!(last.token_ids, other);
+
+    m.free(&mut req1);
+    assert!(m.reset_prefix_cache());
+    assert_eq!(m.take_events(), [KvEvent::AllBlocksCleared]);
+}
+
+#[test]
+fn kv_events_name_the_parent_block_and_the_first_blocks_salt() {
+    let mut s = scheduler(SchedulerConfig {
+        max_num_seqs: 1,
+        max_num_batched_tokens: BLOCK,
+        enable_prefix_caching: true,
+        enable_kv_cache_events: true,
+        ..harness_config()
+    });
+    let tokens: Vec<u32> = (0..2 * BLOCK + 3).collect();
+    s.add_request(
+        NewRequest {
+            cache_salt: Some("tenant-a".into()),
+            ..NewRequest::new("salted", tokens.clone())
+        },
+        0,
+    )
+    .unwrap();
+    // A budget of one block: each step's chunk fills one block, so each stores one, chained.
+    let (first, _) = step(&mut s, 7);
+    let (second, _) = step(&mut s, 7);
+    let hashes: Vec<u64> = s
+        .request("salted")
+        .unwrap()
+        .block_hashes()
+        .iter()
+        .copied()
+        .map(external_hash)
+        .collect();
+    assert_eq!(
+        first.kv_events,
+        [KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![hashes[0]],
+            parent_block_hash: None,
+            token_ids: tokens[..BLOCK as usize].to_vec(),
+            cache_salt: Some("tenant-a".into()),
+        })]
+    );
+    assert_eq!(
+        second.kv_events,
+        [KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![hashes[1]],
+            parent_block_hash: Some(hashes[0]),
+            token_ids: tokens[BLOCK as usize..2 * BLOCK as usize].to_vec(),
+            cache_salt: None,
+        })]
+    );
+    let (third, _) = step(&mut s, 7);
+    assert!(third.kv_events.is_empty(), "a partial block is not stored");
 }
 
 #[test]

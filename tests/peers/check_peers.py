@@ -1,11 +1,14 @@
-"""`waypoint serve` against the peers its users run: the official `openai` Python client, and a
-real Prometheus server that scrapes `/metrics`.
+"""`waypoint serve` against the peers its users run: the official `openai` Python client, a real
+Prometheus server that scrapes `/metrics`, and a KV-event subscriber (pyzmq + msgspec, vLLM's
+event types) that indexes the replica's cache as a prefix-cache-aware router does.
 
 Usage: python3 tests/peers/check_peers.py --waypoint PATH/TO/waypoint
-Needs: `pip install openai`, and the `prometheus` binary (Debian package `prometheus`).
+Needs: `pip install openai pyzmq msgspec`, and the `prometheus` binary (Debian package
+`prometheus`).
 """
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -19,8 +22,11 @@ import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
+
+import kv_events
 
 API_KEY = "peer-test-key"
 WAYPOINT = None
@@ -47,16 +53,19 @@ def wait_for_port(port, process, seconds=60):
 
 
 class Server:
-    """`waypoint serve` on a port the kernel picks; its address is read from its stderr."""
+    """`waypoint serve` on a port the kernel picks; its address is read from its stderr, as are
+    the lines before it."""
 
-    def __init__(self):
+    def __init__(self, args=("--api-key", API_KEY, "--max-model-len", "512",
+                             "--enable-request-timings")):
         self.process = subprocess.Popen(
-            [WAYPOINT, "serve", "--port", "0", "--api-key", API_KEY,
-             "--max-model-len", "512", "--enable-request-timings"],
+            [WAYPOINT, "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        self.startup = []
         for line in self.process.stderr:
             sys.stderr.write(line)
+            self.startup.append(line)
             if line.startswith("waypoint: serving "):
                 self.base = next(w for w in line.split() if w.startswith("http://"))
                 break
@@ -164,6 +173,91 @@ class OpenAIClient(unittest.TestCase):
         self.assertIn("maximum context length", str(raised.exception))
         with self.assertRaises(openai.BadRequestError):
             client().completions.create(model="tiny", prompt="x", n=2)
+
+
+ADMIN_KEY = "peer-admin-key"
+KV_EVENTS = {"enable_kv_cache_events": True, "publisher": "zmq",
+             "endpoint": "tcp://127.0.0.1:*", "replay_endpoint": "tcp://127.0.0.1:*",
+             "topic": "kv-events"}
+
+
+class KvEventSubscriber(unittest.TestCase):
+    """A shared-prefix workload on a cache small enough to evict: the subscriber's index, rebuilt
+    from the published events (with the missed start fetched through the replay socket), must
+    equal the scheduler's own prefix cache."""
+
+    def test_the_subscribers_index_equals_the_schedulers_cache(self):
+        server = Server(("--admin-api-key", ADMIN_KEY, "--num-blocks", "96",
+                         "--max-model-len", "512", "--kv-events-config", json.dumps(KV_EVENTS)))
+        try:
+            line = next(l for l in server.startup if l.startswith("waypoint: KV events on "))
+            endpoints = [w.rstrip(",\n") for w in line.split() if w.startswith("tcp://")]
+            subscriber = kv_events.Subscriber(endpoints[0], endpoints[1], "kv-events")
+            try:
+                self.run_workload(server)
+                published = self.wait_until_quiet(subscriber)
+                replayed = dict(subscriber.replay(0))
+                self.assertEqual(sorted(replayed), list(range(len(replayed))),
+                                 "sequence numbers run from 0 without a gap")
+                for sequence in subscriber.live:
+                    self.assertEqual(published[sequence], replayed[sequence],
+                                     "a replayed batch is the published one")
+                index = kv_events.ResidentBlocks()
+                for sequence in sorted(replayed):
+                    batch = kv_events.DECODER.decode(replayed[sequence])
+                    self.assertEqual(batch.data_parallel_rank, 0)
+                    index.apply(batch)
+                cache = self.schedulers_cache(server)
+                self.assertEqual(index.blocks, cache, "the index equals the scheduler's cache")
+                self.assertGreater(index.removed, 0, "the workload evicted blocks")
+                # One prompt prefix under two salts: each salt caches its own first block.
+                by_salt = collections.defaultdict(set)
+                for salt, block in index.salted_first_blocks:
+                    by_salt[salt].add(block)
+                self.assertEqual(sorted(by_salt), [("tenant-a",), ("tenant-b",)])
+                self.assertEqual([len(blocks) for blocks in by_salt.values()], [1, 1])
+                self.assertNotEqual(by_salt[("tenant-a",)], by_salt[("tenant-b",)])
+            finally:
+                subscriber.close()
+        finally:
+            server.stop()
+
+    def run_workload(self, server):
+        api = openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0)
+        prefixes = [f"System prompt {g}: " + "you are a careful scheduler. " * 8
+                    for g in range(4)]
+
+        def complete(n):
+            # The first four share one prefix under two salts; the rest go unsalted.
+            salt = {"cache_salt": "tenant-a" if n % 2 else "tenant-b"} if n < 4 else {}
+            prefix = prefixes[0 if n < 4 else n % 4]
+            reply = api.completions.create(
+                model="tiny", prompt=prefix + f"question {n}", max_tokens=24,
+                temperature=0, extra_body={"ignore_eos": True, **salt})
+            self.assertEqual(reply.usage.completion_tokens, 24)
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(complete, range(24)))
+
+    def wait_until_quiet(self, subscriber, quiet_s=1.0, limit_s=30):
+        deadline = time.time() + limit_s
+        count, since = subscriber.count(), time.time()
+        while time.time() < deadline:
+            time.sleep(0.1)
+            if subscriber.count() != count:
+                count, since = subscriber.count(), time.time()
+            elif time.time() - since >= quiet_s:
+                with subscriber.lock:
+                    return dict(subscriber.payloads)
+        self.fail("KV events never stopped")
+
+    def schedulers_cache(self, server):
+        request = urllib.request.Request(server.base + "/admin/kv-cache",
+                                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            body = json.load(reply)
+        self.assertEqual(body["block_size"], 16)
+        return collections.Counter(b["block_hash"] for b in body["cached_blocks"])
 
 
 def wait_until_ready(prometheus, deadline):

@@ -20,6 +20,8 @@ use std::thread::JoinHandle;
 use opentelemetry::Context;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
+use waypoint_scheduler::kv::BlockHash;
+use waypoint_scheduler::state::cached_blocks;
 use waypoint_scheduler::{FinishStatus, JourneyEvent, JourneyEventType, RequestId};
 
 use super::{
@@ -27,6 +29,7 @@ use super::{
 };
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
 use crate::model::Vocabulary;
+use crate::telemetry::kv_events::KvEventPublisher;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{CoreSpans, RequestSpan};
 use crate::telemetry::Clock;
@@ -101,6 +104,8 @@ enum Command {
         backend: Box<dyn SchedulerBackend + Send>,
         reply: oneshot::Sender<Result<Swapped, String>>,
     },
+    /// The scheduler's prefix cache: each cached block and its hash.
+    CachedBlocks(oneshot::Sender<Result<Vec<(u32, BlockHash)>, String>>),
     /// Finish the live requests, then stop.
     Shutdown,
 }
@@ -163,6 +168,15 @@ impl EngineHandle {
         answer.await.map_err(|_| EngineStopped.to_string())?
     }
 
+    /// The scheduler's prefix cache, between two steps: each cached block and its hash.
+    pub async fn cached_blocks(&self) -> Result<Vec<(u32, BlockHash)>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::CachedBlocks(reply))
+            .map_err(|_| EngineStopped.to_string())?;
+        answer.await.map_err(|_| EngineStopped.to_string())?
+    }
+
     /// Abort a request (its client went away). Unknown or finished ids are ignored.
     pub fn abort(&self, id: RequestId) {
         // A stopped engine holds no requests.
@@ -216,6 +230,8 @@ pub struct WorkerParts {
     pub faults: FaultPolicy,
     /// The scheduler that replaces a policy that keeps faulting; none for a native scheduler.
     pub fallback: Option<Fallback>,
+    /// vLLM's KV events, when they are published.
+    pub kv_events: Option<KvEventPublisher>,
 }
 
 /// How the engine thread answers the scheduler's faults.
@@ -442,6 +458,18 @@ impl Worker {
             Command::Swap { backend, reply } => {
                 let _ = reply.send(self.swap(backend));
             }
+            Command::CachedBlocks(reply) => {
+                let now = self.parts.clock.now_ns();
+                let answer = match self.engine.export_state(now) {
+                    Ok(state) => cached_blocks(&state).map_err(|error| error.to_string()),
+                    Err(error) => {
+                        let message = error.to_string();
+                        self.backend_fault(&error);
+                        Err(message)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
             Command::Shutdown => self.stopping = true,
             Command::Abort(id) => {
                 if !self.engine.is_live(&id) {
@@ -609,12 +637,16 @@ impl Worker {
             mut finished,
             journey_events,
             step_events,
+            kv_events,
             scheduled_tokens,
             ..
         } = match self.engine.step(clock.now_ns(), || clock.now_ns()) {
             Ok(result) => result,
             Err(error) => return self.backend_fault(&error),
         };
+        if let Some(publisher) = &self.parts.kv_events {
+            publisher.publish(clock.since_epoch(tokens_ns).as_secs_f64(), kv_events);
+        }
         if scheduled_tokens > 0 {
             self.parts.metrics.iteration(scheduled_tokens);
         }
@@ -786,6 +818,7 @@ impl Worker {
             } = self
                 .engine
                 .recover(replacement, &named, max_faults_per_request, now);
+            self.cache_cleared(now);
             eprintln!(
                 "waypoint: scheduler fault: {reason}; {} of {live} live requests resubmitted, {} failed",
                 live - failed.len(),
@@ -834,11 +867,20 @@ impl Worker {
         }
     }
 
+    /// A fresh scheduler took over with an empty prefix cache: KV-event consumers drop their
+    /// index of this replica.
+    fn cache_cleared(&self, now_ns: u64) {
+        if let Some(publisher) = &self.parts.kv_events {
+            publisher.cleared(self.parts.clock.since_epoch(now_ns).as_secs_f64());
+        }
+    }
+
     /// Reload the scheduler, failing every request it held with `message`, or say why it
     /// cannot serve.
     fn reload(&mut self, message: &str) -> Result<(), String> {
         let Reloaded { lost, result } = self.engine.reload();
         let now = self.parts.clock.now_ns();
+        self.cache_cleared(now);
         for (_, client) in lost {
             if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
                 spans.fail(span, message, now);

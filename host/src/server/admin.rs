@@ -1,6 +1,7 @@
-//! `POST /admin/scheduler`: a policy component uploaded into the running server, compiled,
-//! checked against the scheduler contract, and swapped in between two steps with the running
-//! state. Off unless the server has an admin key.
+//! The admin routes, off unless the server has an admin key: `POST /admin/scheduler`, a policy
+//! component uploaded into the running server, compiled, checked against the scheduler contract,
+//! and swapped in between two steps with the running state; `GET /admin/kv-cache`, the
+//! scheduler's prefix cache as KV-event consumers see it.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use waypoint_scheduler::kv::events::external_hash;
 use waypoint_scheduler::SchedulerConfig;
 
 use super::{bearer, json_or_error, ApiError, AppState};
@@ -35,15 +37,43 @@ pub async fn swap_scheduler(
     json_or_error(swapped(&app, &headers, body).await)
 }
 
-async fn swapped(
-    app: &Arc<AppState>,
+/// `GET /admin/kv-cache`: every cached block with its hash as KV events carry it, read from the
+/// scheduler between two steps.
+pub async fn kv_cache(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    json_or_error(cached(&app, &headers).await)
+}
+
+async fn cached(app: &Arc<AppState>, headers: &HeaderMap) -> Result<serde_json::Value, ApiError> {
+    let admin = authorized(app, headers, "/admin/kv-cache")?;
+    let blocks = app
+        .engine
+        .cached_blocks()
+        .await
+        .map_err(|message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message))?;
+    let blocks: Vec<serde_json::Value> = blocks
+        .into_iter()
+        .map(|(block_id, hash)| {
+            serde_json::json!({ "block_id": block_id, "block_hash": external_hash(hash) })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "object": "kv_cache",
+        "block_size": admin.config.block_size,
+        "num_gpu_blocks": admin.config.num_blocks,
+        "cached_blocks": blocks,
+    }))
+}
+
+/// The admin settings, once the request carries the admin key.
+fn authorized<'a>(
+    app: &'a AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<serde_json::Value, ApiError> {
+    route: &str,
+) -> Result<&'a Admin, ApiError> {
     let Some(admin) = &app.admin else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "no route /admin/scheduler",
+            format!("no route {route}"),
         ));
     };
     if bearer(headers) != Some(admin.api_key.as_str()) {
@@ -52,6 +82,15 @@ async fn swapped(
             "missing or wrong admin key: send `Authorization: Bearer <admin key>`",
         ));
     }
+    Ok(admin)
+}
+
+async fn swapped(
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    let admin = authorized(app, headers, "/admin/scheduler")?;
     let bytes =
         body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let runtime = admin.runtime.clone();

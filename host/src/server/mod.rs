@@ -130,10 +130,12 @@ fn json_or_error<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
 /// The server's routes; `/admin/scheduler` takes bodies up to `policy_limit` bytes.
 pub fn router(state: Arc<AppState>, body_limit: usize, policy_limit: usize) -> Router {
     let admin = if state.admin.is_some() {
-        Router::new().route(
-            "/admin/scheduler",
-            post(admin::swap_scheduler).layer(DefaultBodyLimit::max(policy_limit)),
-        )
+        Router::new()
+            .route(
+                "/admin/scheduler",
+                post(admin::swap_scheduler).layer(DefaultBodyLimit::max(policy_limit)),
+            )
+            .route("/admin/kv-cache", get(admin::kv_cache))
     } else {
         Router::new()
     };

@@ -127,6 +127,7 @@ pub struct Metrics {
     scheduler_faults: Counter,
     requests_recovered: Counter,
     policy_fallbacks: Counter,
+    kv_event_batches_dropped: Counter,
     seen: Mutex<SeenTotals>,
 }
 
@@ -172,6 +173,7 @@ impl Metrics {
             scheduler_faults: Counter::default(),
             requests_recovered: Counter::default(),
             policy_fallbacks: Counter::default(),
+            kv_event_batches_dropped: Counter::default(),
             seen: Mutex::new(SeenTotals::default()),
             registry: Registry::default(),
         };
@@ -343,6 +345,11 @@ impl Metrics {
             metrics.policy_fallbacks.clone(),
         );
         r.register(
+            "waypoint:kv_event_batches_dropped",
+            "KV-event batches dropped because the publisher's queue was full.",
+            metrics.kv_event_batches_dropped.clone(),
+        );
+        r.register(
             "waypoint:tenant_info",
             "1 for each tenant label with the scheduler client index it maps to.",
             metrics.tenant_info.clone(),
@@ -384,6 +391,11 @@ impl Metrics {
     /// A policy that kept faulting was replaced by the fallback.
     pub fn policy_fallback(&self) {
         self.policy_fallbacks.inc();
+    }
+
+    /// A step's KV events found the publisher's queue full.
+    pub fn kv_event_batch_dropped(&self) {
+        self.kv_event_batches_dropped.inc();
     }
 
     /// A request came from the tenant labelled `tenant_label`, scheduled as `client_index`.

@@ -1,6 +1,7 @@
-//! What the server tells the outside world: journey and step spans over OTLP, and Prometheus
-//! metrics.
+//! What the server tells the outside world: journey and step spans over OTLP, Prometheus
+//! metrics, and vLLM's KV events over ZMQ.
 
+pub mod kv_events;
 pub mod metrics;
 pub mod traces;
 

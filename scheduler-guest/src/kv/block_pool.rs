@@ -3,6 +3,7 @@
 
 use alloc::vec::Vec;
 
+use super::events::{external_hash, BlockRemoved, KvEvent};
 use super::free_queue::FreeBlockQueue;
 use super::hash::BlockHash;
 use crate::error::NoFreeBlocks;
@@ -26,6 +27,8 @@ pub struct BlockPool {
     hashes: Vec<Option<BlockHash>>,
     free: FreeBlockQueue,
     cached: FxHashMap<BlockHash, CachedBlocks>,
+    /// Changes to the cache since the last [`BlockPool::take_events`], when events are on.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockPool {
@@ -42,6 +45,7 @@ impl BlockPool {
             hashes: alloc::vec![None; num_blocks as usize],
             free,
             cached: FxHashMap::default(),
+            events: None,
         }
     }
 
@@ -58,11 +62,32 @@ impl BlockPool {
             hashes: alloc::vec![None; num_blocks as usize],
             free: FreeBlockQueue::from_order(num_blocks, free_order),
             cached: FxHashMap::default(),
+            events: None,
         };
         for &(block, hash) in cached {
             pool.cache_block(block, hash);
         }
         pool
+    }
+
+    /// Record KV events from now on (the pool's contents so far are not reported).
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// Record `event` when events are on.
+    pub(crate) fn record(&mut self, event: impl FnOnce() -> KvEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event());
+        }
+    }
+
+    /// The events recorded since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events
+            .as_mut()
+            .map(core::mem::take)
+            .unwrap_or_default()
     }
 
     /// Every cached block with its hash, by block id.
@@ -200,6 +225,11 @@ impl BlockPool {
         let Some(hash) = self.hashes[block as usize].take() else {
             return;
         };
+        self.record(|| {
+            KvEvent::BlockRemoved(BlockRemoved {
+                block_hashes: alloc::vec![external_hash(hash)],
+            })
+        });
         // One probe: evicting is on the path of every block a step allocates.
         let hashbrown::hash_map::Entry::Occupied(mut entry) = self.cached.entry(hash) else {
             return;
@@ -231,6 +261,7 @@ impl BlockPool {
         }
         self.cached.clear();
         self.hashes.iter_mut().for_each(|hash| *hash = None);
+        self.record(|| KvEvent::AllBlocksCleared);
         true
     }
 }

@@ -5,6 +5,7 @@
 //! holds token slots `b * block_size .. (b + 1) * block_size`.
 
 pub mod block_pool;
+pub mod events;
 pub mod free_queue;
 pub mod hash;
 
@@ -13,6 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 pub use block_pool::{BlockPool, NULL_BLOCK};
+pub use events::{BlockRemoved, BlockStored, KvEvent};
 pub use free_queue::FreeBlockQueue;
 pub use hash::BlockHash;
 
@@ -89,6 +91,16 @@ impl KvCacheManager {
             enable_caching,
             stats,
         }
+    }
+
+    /// Record KV events from now on.
+    pub fn enable_events(&mut self) {
+        self.pool.enable_events();
+    }
+
+    /// The KV events since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.pool.take_events()
     }
 
     /// The block pool.
@@ -216,10 +228,27 @@ impl KvCacheManager {
     /// writes KV before attention reads it.
     fn cache_full_blocks(&mut self, request: &mut Request, num_tokens: u32) {
         let num_full = num_tokens / self.block_size;
-        for index in request.num_cached_blocks..num_full {
+        let first = request.num_cached_blocks;
+        for index in first..num_full {
             let block = request.block_ids[index as usize];
             let hash = request.block_hashes[index as usize];
             self.pool.cache_block(block, hash);
+        }
+        if first < num_full {
+            let block_size = self.block_size as usize;
+            self.pool.record(|| {
+                let hashes = &request.block_hashes[first as usize..num_full as usize];
+                KvEvent::BlockStored(BlockStored {
+                    block_hashes: hashes.iter().copied().map(events::external_hash).collect(),
+                    parent_block_hash: first
+                        .checked_sub(1)
+                        .map(|parent| events::external_hash(request.block_hashes[parent as usize])),
+                    token_ids: request.token_ids
+                        [first as usize * block_size..num_full as usize * block_size]
+                        .to_vec(),
+                    cache_salt: (first == 0).then(|| request.cache_salt.clone()).flatten(),
+                })
+            });
         }
         request.num_cached_blocks = request.num_cached_blocks.max(num_full);
     }

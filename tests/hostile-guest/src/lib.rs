@@ -121,6 +121,7 @@ impl GuestScheduler for Instance {
             finished: Vec::new(),
             journey_events: Vec::new(),
             step_events: Vec::new(),
+            kv_events: Vec::new(),
         }
     }
 
@@ -158,6 +159,7 @@ impl GuestScheduler for Instance {
             reset: true,
             preempted_ids: Vec::new(),
             journey_events: Vec::new(),
+            kv_events: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! it uses a result: an unknown or repeated handle, a range past the request's tokens, a block
 //! outside the cache, too few blocks, a step over the token budget or over `max_num_seqs`, a
 //! sample before the prompt is computed, an unknown preempted handle, an event for a request
-//! that does not exist, or statistics out of bounds.
+//! that does not exist, a KV event the cache cannot have made, or statistics out of bounds.
 
 #![no_std]
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -44,6 +44,8 @@ const RULE: &str = if cfg!(feature = "repeated-handle") {
     "unknown-event-id"
 } else if cfg!(feature = "stats") {
     "stats"
+} else if cfg!(feature = "kv-events") {
+    "kv-events"
 } else {
     "unknown-handle"
 };
@@ -116,6 +118,14 @@ impl Lying {
                 client_index: 0,
             }),
             "unknown-event-id" => output.journey_events.push(ghost_event(output.step)),
+            "kv-events" => output
+                .kv_events
+                .push(wit::KvEvent::BlockStored(wit::BlockStored {
+                    block_hashes: alloc::vec![1],
+                    parent_block_hash: None,
+                    token_ids: Vec::new(),
+                    cache_salt: None,
+                })),
             // The other lies are about the batch's entries.
             _ if batch.handles.is_empty() => {}
             "unknown-handle" => batch.handles[0] = GHOST_HANDLE,
