@@ -15,6 +15,9 @@ pub struct EngineArgs {
     pub sequence: SequenceArgs,
 }
 
+/// KV cache blocks of `serve`, `simulate` and `bench-model` unless told otherwise.
+pub const DEFAULT_NUM_BLOCKS: u32 = 8192;
+
 /// The settings that size an engine: batch and cache (the ones `waypoint sweep` varies).
 #[derive(Args, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapacityArgs {
@@ -25,7 +28,7 @@ pub struct CapacityArgs {
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: u32,
     /// KV cache blocks (block 0 is reserved).
-    #[arg(long, alias = "num-gpu-blocks-override", default_value_t = 8192)]
+    #[arg(long, alias = "num-gpu-blocks-override", default_value_t = DEFAULT_NUM_BLOCKS)]
     pub num_blocks: u32,
 }
 

@@ -142,6 +142,8 @@ pub struct ModelFigures {
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second, one token for each of `batch` requests per forward pass.
     pub decode_tokens_per_s: f64,
+    /// The cache's size in blocks (at least what the batch needs).
+    pub num_blocks: usize,
 }
 
 /// Time a prefill of `batch` prompts of `prompt_len` tokens, then `decode_steps` decode steps.
@@ -150,16 +152,13 @@ pub fn measure_model(
     batch: usize,
     prompt_len: usize,
     decode_steps: usize,
+    num_blocks: usize,
 ) -> ModelFigures {
     use crate::model::{BatchRequest, PagedBatch, PagedKvCache};
     let block_size = 16;
     let blocks_per_request = (prompt_len + decode_steps).div_ceil(block_size);
-    let mut cache = PagedKvCache::new(
-        model.config(),
-        batch * blocks_per_request + 1,
-        block_size,
-        model.device(),
-    );
+    let num_blocks = num_blocks.max(batch * blocks_per_request + 1);
+    let mut cache = PagedKvCache::new(model.config(), num_blocks, block_size, model.device());
     let tables: Vec<Vec<u32>> = (0..batch)
         .map(|r| {
             (0..blocks_per_request)
@@ -204,5 +203,6 @@ pub fn measure_model(
     ModelFigures {
         prefill_tokens_per_s: (batch * prompt_len) as f64 / prefill_s,
         decode_tokens_per_s: (batch * decode_steps) as f64 / decode_s,
+        num_blocks,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
-use waypoint::args::{CapacityArgs, EngineArgs, SequenceArgs, TracingArgs};
+use waypoint::args::{CapacityArgs, EngineArgs, SequenceArgs, TracingArgs, DEFAULT_NUM_BLOCKS};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -83,9 +83,17 @@ enum Command {
         /// Prompt length of each request.
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
+        /// Contexts of the long-context rows, measured at batch 1: the prompt length before
+        /// the timed decode steps.
+        #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+        long_contexts: Vec<usize>,
         /// Decode steps timed after the prefill.
         #[arg(long, default_value_t = 16)]
         decode_steps: usize,
+        /// KV cache sizes in blocks of 16 tokens (serve's default unless told); each gets its
+        /// rows, so a step's cost can be compared across cache sizes.
+        #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_NUM_BLOCKS as usize])]
+        num_blocks: Vec<usize>,
         /// Where the model runs: cpu or wgpu.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
@@ -949,34 +957,51 @@ fn bench(cli: &Cli, running: &[u32], cycles: u32, spec: &SchedulerSpec) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_model(
-    models: &[String],
-    batches: &[usize],
+/// What `bench-model` measures.
+struct ModelBench<'a> {
+    models: &'a [String],
+    batches: &'a [usize],
     prompt_len: usize,
+    long_contexts: &'a [usize],
     decode_steps: usize,
-    choice: DeviceChoice,
-) -> Result<ExitCode> {
+    num_blocks: &'a [usize],
+}
+
+fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode> {
     let device = open_device(choice)?;
-    println!("model runner on {choice:?}; prompt {prompt_len} tokens, {decode_steps} decode steps");
     println!(
-        "{:>6} {:>10} {:>6}  {:>16}  {:>16}",
-        "model", "params", "batch", "prefill tok/s", "decode tok/s"
+        "model runner on {choice:?}; {} decode steps timed after the prompt",
+        bench.decode_steps
     );
-    for name in models {
+    println!(
+        "{:>6} {:>10} {:>8} {:>8} {:>6}  {:>16}  {:>16}",
+        "model", "params", "blocks", "context", "batch", "prefill tok/s", "decode tok/s"
+    );
+    for name in bench.models {
         let config = match name.as_str() {
             "tiny" => ModelConfig::tiny(),
             "110m" => ModelConfig::llama_110m(),
             other => anyhow::bail!("unknown benchmark model {other:?}: tiny or 110m"),
         };
         let model = Model::new(config, Weights::random(&config, 1, &device), device.clone());
-        for &batch in batches {
-            let figures = bench::measure_model(&model, batch, prompt_len, decode_steps);
-            println!(
-                "{name:>6} {:>9.1}M {batch:>6}  {:>16.1}  {:>16.1}",
-                config.num_parameters() as f64 / 1e6,
-                figures.prefill_tokens_per_s,
-                figures.decode_tokens_per_s
-            );
+        let rows = bench
+            .batches
+            .iter()
+            .map(|&batch| (batch, bench.prompt_len))
+            .chain(bench.long_contexts.iter().map(|&context| (1, context)));
+        let rows: Vec<(usize, usize)> = rows.collect();
+        for &num_blocks in bench.num_blocks {
+            for &(batch, context) in &rows {
+                let figures =
+                    bench::measure_model(&model, batch, context, bench.decode_steps, num_blocks);
+                println!(
+                    "{name:>6} {:>9.1}M {:>8} {context:>8} {batch:>6}  {:>16.1}  {:>16.1}",
+                    config.num_parameters() as f64 / 1e6,
+                    figures.num_blocks,
+                    figures.prefill_tokens_per_s,
+                    figures.decode_tokens_per_s
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1000,8 +1025,20 @@ fn main() -> Result<ExitCode> {
             models,
             batch,
             prompt_len,
+            long_contexts,
             decode_steps,
+            num_blocks,
             device,
-        } => bench_model(models, batch, *prompt_len, *decode_steps, *device),
+        } => bench_model(
+            &ModelBench {
+                models,
+                batches: batch,
+                prompt_len: *prompt_len,
+                long_contexts,
+                decode_steps: *decode_steps,
+                num_blocks,
+            },
+            *device,
+        ),
     }
 }

@@ -38,11 +38,37 @@ impl PagedKvCache {
         }
     }
 
+    /// Write `rows` into `slots` of one layer's keys or values, in place, and return a handle on
+    /// the layer's whole tensor for the step's reads.
+    fn write(
+        &mut self,
+        half: Half,
+        layer: usize,
+        slots: &Tensor<1, Int>,
+        rows: Tensor<3>,
+    ) -> Tensor<3> {
+        let tensors = match half {
+            Half::Keys => &mut self.keys,
+            Half::Values => &mut self.values,
+        };
+        let placeholder = Tensor::empty([0, rows.dims()[1], rows.dims()[2]], &rows.device());
+        let whole = std::mem::replace(&mut tensors[layer], placeholder);
+        tensors[layer] = whole.select_assign(0, slots.clone(), rows, IndexingUpdateOp::Assign);
+        tensors[layer].clone()
+    }
+
     /// The slot of absolute position `position` of a request with this block table.
     fn slot(&self, block_table: &[u32], position: usize) -> i64 {
         let block = block_table[position / self.block_size] as usize;
         (block * self.block_size + position % self.block_size) as i64
     }
+}
+
+/// Which of a layer's two cache tensors.
+#[derive(Clone, Copy)]
+enum Half {
+    Keys,
+    Values,
 }
 
 /// One request's part of a batch.
@@ -94,20 +120,10 @@ pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCach
     let mut hidden = model.embed(&tokens);
     for (index, layer) in model.weights.layers.iter().enumerate() {
         hidden = layer.forward(hidden, &positions, &model.config, &device, |q, k, v| {
-            let keys = cache.keys[index].clone().select_assign(
-                0,
-                slots.clone(),
-                k,
-                IndexingUpdateOp::Assign,
-            );
-            let values = cache.values[index].clone().select_assign(
-                0,
-                slots.clone(),
-                v,
-                IndexingUpdateOp::Assign,
-            );
-            cache.keys[index] = keys.clone();
-            cache.values[index] = values.clone();
+            // The cache's tensors are taken, not cloned, so each is the only handle on its
+            // memory and the backend writes the step's slots in place.
+            let keys = cache.write(Half::Keys, index, &slots, k);
+            let values = cache.write(Half::Values, index, &slots, v);
             let mut offset = 0;
             let mut outputs = Vec::with_capacity(batch.requests.len());
             for request in &batch.requests {

@@ -293,6 +293,16 @@ fn p12_prefix_cache_reset_only_succeeds_with_every_block_free() {
     assert!((0..11).all(|b| m.pool().block_hash(b).is_none()));
 }
 
+/// A request's block hashes as KV events carry them.
+fn external_hashes(request: &Request) -> Vec<u64> {
+    request
+        .block_hashes()
+        .iter()
+        .copied()
+        .map(external_hash)
+        .collect()
+}
+
 #[test]
 fn p13_kv_events_report_stores_evictions_and_clears_in_order() {
     let blocks = 3;
@@ -302,12 +312,7 @@ fn p13_kv_events_report_stores_evictions_and_clears_in_order() {
     let tokens: Vec<u32> = (0..blocks * BLOCK).collect();
     let mut req0 = request("0", tokens.clone(), &m);
     admit(&mut m, &mut req0).1.unwrap();
-    let stored: Vec<u64> = req0
-        .block_hashes()
-        .iter()
-        .copied()
-        .map(external_hash)
-        .collect();
+    let stored = external_hashes(&req0);
     assert_eq!(
         m.take_events(),
         [KvEvent::BlockStored(BlockStored {
@@ -375,14 +380,7 @@ fn kv_events_name_the_parent_block_and_the_first_blocks_salt() {
     // A budget of one block: each step's chunk fills one block, so each stores one, chained.
     let (first, _) = step(&mut s, 7);
     let (second, _) = step(&mut s, 7);
-    let hashes: Vec<u64> = s
-        .request("salted")
-        .unwrap()
-        .block_hashes()
-        .iter()
-        .copied()
-        .map(external_hash)
-        .collect();
+    let hashes = external_hashes(s.request("salted").unwrap());
     assert_eq!(
         first.kv_events,
         [KvEvent::BlockStored(BlockStored {

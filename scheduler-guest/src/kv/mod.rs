@@ -1,5 +1,6 @@
 //! The paged KV cache: block pool with a reserved null block, LRU free queue, reference counts,
-//! prefix caching by a hash chain over full blocks, and per-request slot allocation.
+//! prefix caching by a hash chain over full blocks, per-request slot allocation, and the KV
+//! events of the prefix cache's changes.
 //!
 //! Block ids handed out here are the real addresses of the model runner's KV memory: block `b`
 //! holds token slots `b * block_size .. (b + 1) * block_size`.
