@@ -3,7 +3,9 @@
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
+    // Read at run time: one compiled build script serves every clone that shares a build cache.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let dir = Path::new(&manifest_dir).join("../components");
     for policy in ["fcfs", "priority", "fair"] {
         let file = dir.join(format!("{policy}.wasm"));
         println!("cargo:rerun-if-changed={}", file.display());
