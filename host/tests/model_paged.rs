@@ -74,6 +74,38 @@ fn paged_forward_over_a_mixed_batch_matches_the_dense_reference() {
         error_b < 1e-4,
         "B's decode over its cached prompt: relative error {error_b}"
     );
+
+    // Step 3: two decodes of different context lengths attended together (B's padded to A's).
+    let (mut a_next, mut b_next_next) = (a.clone(), b_next.clone());
+    a_next.push(99);
+    b_next_next.push(7);
+    let step3 = PagedBatch {
+        requests: vec![
+            BatchRequest {
+                tokens: vec![7],
+                start_position: 8,
+                block_table: vec![2, 7, 12],
+                sample: true,
+            },
+            BatchRequest {
+                tokens: vec![99],
+                start_position: 13,
+                block_table: vec![5, 1, 9, 3],
+                sample: true,
+            },
+        ],
+    };
+    let logits = rows(model.forward_paged(&step3, &mut cache));
+    let error_b = max_relative_error(&logits[0], &rows(model.forward_dense(&b_next_next))[8]);
+    let error_a = max_relative_error(&logits[1], &rows(model.forward_dense(&a_next))[13]);
+    assert!(
+        error_a < 1e-4,
+        "A's decode beside B's: relative error {error_a}"
+    );
+    assert!(
+        error_b < 1e-4,
+        "B's padded decode beside A's: relative error {error_b}"
+    );
 }
 
 #[test]

@@ -251,10 +251,24 @@ impl Model {
     /// logits of every position, `[len, vocab]`.
     pub fn forward_dense(&self, tokens: &[u32]) -> Tensor<2> {
         let positions: Vec<usize> = (0..tokens.len()).collect();
+        let rotary = layers::Rotary::new(&positions, &self.config, &self.device);
+        let hidden_keys =
+            layers::chunk_mask(0, tokens.len(), tokens.len(), &self.config, &self.device);
         let mut hidden = self.embed(tokens);
         for layer in &self.weights.layers {
-            hidden = layer.forward(hidden, &positions, &self.config, &self.device, |q, k, v| {
-                layers::causal_attention(q, k, v, &positions, &positions, &self.config)
+            hidden = layer.forward(hidden, &rotary, &self.config, |q, k, v| {
+                let per_head = |rows: Tensor<3>| {
+                    (0..self.config.num_kv_heads)
+                        .map(|head| layers::head_of(&rows, head))
+                        .collect()
+                };
+                layers::chunk_attention(
+                    q,
+                    per_head(k),
+                    per_head(v),
+                    hidden_keys.clone(),
+                    &self.config,
+                )
             });
         }
         self.logits(hidden)

@@ -1,15 +1,19 @@
 //! The paged KV cache and the batched forward over it.
 
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use std::ops::Range;
 
-use super::layers::causal_attention;
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use super::layers::{chunk_attention, chunk_mask, grouped_attention, head_of, Rotary};
 use super::{Model, ModelConfig};
 
-/// Keys and values of every layer, `num_blocks × block_size` token slots each (stored as
-/// `[slots, kv_heads, head_dim]`, the same memory as `[blocks, block_size, kv_heads, head_dim]`).
+/// Keys and values of every layer, `num_blocks × block_size` token slots each, one
+/// `[slots, head_dim]` matrix per key/value head: a request's context is then rows of that
+/// matrix, and a run of consecutive blocks is read in one contiguous copy.
 pub struct PagedKvCache {
-    keys: Vec<Tensor<3>>,
-    values: Vec<Tensor<3>>,
+    /// `[layer][kv head]`.
+    keys: Vec<Vec<Tensor<2>>>,
+    values: Vec<Vec<Tensor<2>>>,
     block_size: usize,
 }
 
@@ -21,14 +25,14 @@ impl PagedKvCache {
         block_size: usize,
         device: &Device,
     ) -> Self {
-        let shape = [
-            num_blocks * block_size,
-            config.num_kv_heads,
-            config.head_dim,
-        ];
+        let shape = [num_blocks * block_size, config.head_dim];
         let zeros = || {
             (0..config.num_layers)
-                .map(|_| Tensor::<3>::zeros(shape, device))
+                .map(|_| {
+                    (0..config.num_kv_heads)
+                        .map(|_| Tensor::<2>::zeros(shape, device))
+                        .collect()
+                })
                 .collect()
         };
         Self {
@@ -38,29 +42,72 @@ impl PagedKvCache {
         }
     }
 
-    /// Write `rows` into `slots` of one layer's keys or values, in place, and return a handle on
-    /// the layer's whole tensor for the step's reads.
+    /// Write `rows` (`[rows, kv_heads, head_dim]`) into `slots` of one layer's keys or values, in
+    /// place, and return handles on the layer's whole matrices for the step's reads.
     fn write(
         &mut self,
         half: Half,
         layer: usize,
         slots: &Tensor<1, Int>,
         rows: Tensor<3>,
-    ) -> Tensor<3> {
-        let tensors = match half {
-            Half::Keys => &mut self.keys,
-            Half::Values => &mut self.values,
+    ) -> Vec<Tensor<2>> {
+        let matrices = match half {
+            Half::Keys => &mut self.keys[layer],
+            Half::Values => &mut self.values[layer],
         };
-        let placeholder = Tensor::empty([0, rows.dims()[1], rows.dims()[2]], &rows.device());
-        let whole = std::mem::replace(&mut tensors[layer], placeholder);
-        tensors[layer] = whole.select_assign(0, slots.clone(), rows, IndexingUpdateOp::Assign);
-        tensors[layer].clone()
+        let head_dim = rows.dims()[2];
+        matrices
+            .iter_mut()
+            .enumerate()
+            .map(|(head, matrix)| {
+                // Taken, not cloned, so it is the only handle on its memory and the backend
+                // writes the step's slots in place.
+                let placeholder = Tensor::empty([0, head_dim], &rows.device());
+                let whole = std::mem::replace(matrix, placeholder);
+                *matrix = whole.select_assign(
+                    0,
+                    slots.clone(),
+                    head_of(&rows, head),
+                    IndexingUpdateOp::Assign,
+                );
+                matrix.clone()
+            })
+            .collect()
     }
 
     /// The slot of absolute position `position` of a request with this block table.
     fn slot(&self, block_table: &[u32], position: usize) -> i64 {
         let block = block_table[position / self.block_size] as usize;
         (block * self.block_size + position % self.block_size) as i64
+    }
+
+    /// Blocks needed to hold `context` positions.
+    fn blocks_for(&self, context: usize) -> usize {
+        context.div_ceil(self.block_size)
+    }
+
+    /// The slots of the first `count` blocks of `block_table`, as runs of consecutive slots: a
+    /// table that was allocated in order is one run, read in one contiguous copy.
+    fn runs(&self, block_table: &[u32], count: usize, runs: &mut Vec<Range<usize>>) {
+        for &block in &block_table[..count] {
+            let start = block as usize * self.block_size;
+            match runs.last_mut() {
+                Some(run) if run.end == start => run.end += self.block_size,
+                _ => runs.push(start..start + self.block_size),
+            }
+        }
+    }
+
+    /// One head's keys or values (`[slots, head_dim]`) at `runs` of slots, in order.
+    fn gather(matrix: &Tensor<2>, runs: &[Range<usize>]) -> Tensor<2> {
+        let mut parts: Vec<Tensor<2>> = runs
+            .iter()
+            .map(|run| matrix.clone().narrow(0, run.start, run.len()))
+            .collect();
+        match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(parts, 0),
+        }
     }
 }
 
@@ -96,8 +143,216 @@ fn indices(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
 }
 
+/// The single-token entries of a step (decodes, and one-token chunks), attended together in one
+/// batched attention per layer over their block tables padded to the longest.
+struct SingleRows {
+    /// Each entry's row in the step.
+    rows: Tensor<1, Int>,
+    /// Each entry's slots, padded to `width` blocks, entry after entry.
+    runs: Vec<Range<usize>>,
+    count: usize,
+    width: usize,
+    /// The slots each entry must not see: its padding past its context
+    /// (`[count, group, width × block_size]`, the same for every key/value head); none when
+    /// nothing is padded.
+    hidden: Option<Tensor<3, Bool>>,
+}
+
+/// A multi-token entry (a prefill chunk), attended on its own.
+struct Chunk {
+    /// Its first row in the step.
+    offset: usize,
+    rows: usize,
+    /// The slots of the blocks covering its context.
+    runs: Vec<Range<usize>>,
+    /// Causal mask over its blocks' slots.
+    hidden: Option<Tensor<2, Bool>>,
+}
+
+/// What a step reads and writes of the cache, prepared once for all layers: the cost is in the
+/// step's new tokens and its requests' block counts, never in the cache's size.
+struct StepPlan {
+    /// The slot each new row's key and value is written to.
+    slots: Tensor<1, Int>,
+    singles: Option<SingleRows>,
+    chunks: Vec<Chunk>,
+    /// Row `i` of the step is row `order[i]` of the single rows followed by the chunks' rows;
+    /// none when that is already the step's order.
+    order: Option<Tensor<1, Int>>,
+}
+
+impl StepPlan {
+    fn new(
+        batch: &PagedBatch,
+        cache: &PagedKvCache,
+        config: &ModelConfig,
+        device: &Device,
+    ) -> Self {
+        let mut slots = Vec::new();
+        let mut singles = Vec::new();
+        let mut chunks = Vec::new();
+        let mut position = Vec::new();
+        let mut offset = 0;
+        for request in &batch.requests {
+            let rows = request.tokens.len();
+            let context = request.start_position + rows;
+            slots.extend(
+                (request.start_position..context).map(|p| cache.slot(&request.block_table, p)),
+            );
+            if rows == 1 {
+                singles.push((offset, context, request));
+            } else {
+                let count = cache.blocks_for(context);
+                let mut runs = Vec::new();
+                cache.runs(&request.block_table, count, &mut runs);
+                chunks.push(Chunk {
+                    offset,
+                    rows,
+                    runs,
+                    hidden: chunk_mask(
+                        request.start_position,
+                        rows,
+                        count * cache.block_size,
+                        config,
+                        device,
+                    ),
+                });
+            }
+            offset += rows;
+        }
+        // Where each step row lands in [single rows…, chunk rows…].
+        position.resize(offset, 0i64);
+        for (index, &(row, _, _)) in singles.iter().enumerate() {
+            position[row] = index as i64;
+        }
+        let mut next = singles.len() as i64;
+        for chunk in &chunks {
+            for slot in &mut position[chunk.offset..chunk.offset + chunk.rows] {
+                *slot = next;
+                next += 1;
+            }
+        }
+        let in_order = position.iter().enumerate().all(|(i, &p)| p == i as i64);
+        let singles = (!singles.is_empty()).then(|| {
+            let count = singles.len();
+            let width = singles
+                .iter()
+                .map(|&(_, context, _)| cache.blocks_for(context))
+                .max()
+                .unwrap_or(0);
+            let padded_context = width * cache.block_size;
+            let mut runs = Vec::new();
+            for &(_, context, request) in &singles {
+                let used = cache.blocks_for(context);
+                cache.runs(&request.block_table, used, &mut runs);
+                // Padding reads any slots: it is masked.
+                if used < width {
+                    runs.push(0..(width - used) * cache.block_size);
+                }
+            }
+            let padded = singles
+                .iter()
+                .any(|&(_, context, _)| context < padded_context);
+            let hidden = padded.then(|| {
+                let group = config.num_heads / config.num_kv_heads;
+                let shape = [count, group, padded_context];
+                let contexts: Vec<i64> = singles.iter().map(|&(_, c, _)| c as i64).collect();
+                let contexts =
+                    Tensor::<1, Int>::from_data(TensorData::new(contexts, [count]), device)
+                        .reshape([count, 1, 1])
+                        .expand(shape);
+                Tensor::<1, Int>::arange(0..padded_context as i64, device)
+                    .reshape([1, 1, padded_context])
+                    .expand(shape)
+                    .greater_equal(contexts)
+            });
+            SingleRows {
+                rows: indices(
+                    singles.iter().map(|&(row, _, _)| row as i64).collect(),
+                    device,
+                ),
+                runs,
+                count,
+                width,
+                hidden,
+            }
+        });
+        Self {
+            slots: indices(slots, device),
+            singles,
+            chunks,
+            order: (!in_order).then(|| indices(position, device)),
+        }
+    }
+
+    /// One layer's attention for the whole step over that layer's `keys` and `values` (one
+    /// matrix per key/value head, already holding this step's rows); `q` is
+    /// `[rows, heads, head_dim]`.
+    fn attend(
+        &self,
+        q: Tensor<3>,
+        keys: &[Tensor<2>],
+        values: &[Tensor<2>],
+        block_size: usize,
+        config: &ModelConfig,
+    ) -> Tensor<2> {
+        let [_, heads, head_dim] = q.dims();
+        let group = heads / keys.len();
+        let mut outputs = Vec::with_capacity(1 + self.chunks.len());
+        if let Some(singles) = &self.singles {
+            let (count, width) = (singles.count, singles.width);
+            let per_entry = |matrix: &Tensor<2>| {
+                PagedKvCache::gather(matrix, &singles.runs).reshape([
+                    count,
+                    width * block_size,
+                    head_dim,
+                ])
+            };
+            let q = q.clone().select(0, singles.rows.clone());
+            let per_head: Vec<Tensor<3>> = keys
+                .iter()
+                .zip(values)
+                .enumerate()
+                .map(|(head, (k, v))| {
+                    grouped_attention(
+                        q.clone().narrow(1, head * group, group),
+                        per_entry(k),
+                        per_entry(v),
+                        singles.hidden.clone(),
+                        config,
+                    )
+                })
+                .collect();
+            outputs.push(Tensor::cat(per_head, 1).reshape([count, heads * head_dim]));
+        }
+        for chunk in &self.chunks {
+            let context = |matrices: &[Tensor<2>]| {
+                matrices
+                    .iter()
+                    .map(|matrix| PagedKvCache::gather(matrix, &chunk.runs))
+                    .collect()
+            };
+            outputs.push(chunk_attention(
+                q.clone().narrow(0, chunk.offset, chunk.rows),
+                context(keys),
+                context(values),
+                chunk.hidden.clone(),
+                config,
+            ));
+        }
+        let output = Tensor::cat(outputs, 0);
+        match &self.order {
+            Some(order) => output.select(0, order.clone()),
+            None => output,
+        }
+    }
+}
+
 pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCache) -> Tensor<2> {
     let device = model.device().clone();
+    if batch.requests.is_empty() {
+        return Tensor::<2>::zeros([0, model.config.vocab_size], &device);
+    }
     let tokens: Vec<u32> = batch
         .requests
         .iter()
@@ -108,44 +363,14 @@ pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCach
         .iter()
         .flat_map(|r| r.start_position..r.start_position + r.tokens.len())
         .collect();
-    let slots: Vec<i64> = batch
-        .requests
-        .iter()
-        .flat_map(|r| {
-            (r.start_position..r.start_position + r.tokens.len())
-                .map(|p| cache.slot(&r.block_table, p))
-        })
-        .collect();
-    let slots = indices(slots, &device);
+    let plan = StepPlan::new(batch, cache, &model.config, &device);
+    let rotary = Rotary::new(&positions, &model.config, &device);
     let mut hidden = model.embed(&tokens);
     for (index, layer) in model.weights.layers.iter().enumerate() {
-        hidden = layer.forward(hidden, &positions, &model.config, &device, |q, k, v| {
-            // The cache's tensors are taken, not cloned, so each is the only handle on its
-            // memory and the backend writes the step's slots in place.
-            let keys = cache.write(Half::Keys, index, &slots, k);
-            let values = cache.write(Half::Values, index, &slots, v);
-            let mut offset = 0;
-            let mut outputs = Vec::with_capacity(batch.requests.len());
-            for request in &batch.requests {
-                let count = request.tokens.len();
-                let context = request.start_position + count;
-                let context_slots: Vec<i64> = (0..context)
-                    .map(|p| cache.slot(&request.block_table, p))
-                    .collect();
-                let context_slots = indices(context_slots, &device);
-                let query_positions: Vec<usize> = (request.start_position..context).collect();
-                let key_positions: Vec<usize> = (0..context).collect();
-                outputs.push(causal_attention(
-                    q.clone().narrow(0, offset, count),
-                    keys.clone().select(0, context_slots.clone()),
-                    values.clone().select(0, context_slots),
-                    &query_positions,
-                    &key_positions,
-                    &model.config,
-                ));
-                offset += count;
-            }
-            Tensor::cat(outputs, 0)
+        hidden = layer.forward(hidden, &rotary, &model.config, |q, k, v| {
+            let keys = cache.write(Half::Keys, index, &plan.slots, k);
+            let values = cache.write(Half::Values, index, &plan.slots, v);
+            plan.attend(q, &keys, &values, cache.block_size, &model.config)
         });
     }
     let mut offset = 0;
