@@ -74,7 +74,8 @@ enum Command {
     },
     /// Model runner throughput: prefill and decode tokens/s at several batch sizes.
     BenchModel {
-        /// `tiny` or `110m` (a Llama-shaped configuration of about 110 M parameters).
+        /// `tiny`, `110m` (a Llama-shaped configuration of about 110 M parameters) or `1b`
+        /// (Llama 3.2 1B's shape).
         #[arg(long, value_delimiter = ',', default_value = "tiny,110m")]
         models: Vec<String>,
         /// Batch sizes.
@@ -84,8 +85,8 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
         /// Contexts of the long-context rows, measured at batch 1: the prompt length before
-        /// the timed decode steps.
-        #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+        /// the timed decode steps (`--long-contexts` with no value: none).
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1024,4096")]
         long_contexts: Vec<usize>,
         /// Decode steps timed after the prefill.
         #[arg(long, default_value_t = 16)]
@@ -981,7 +982,8 @@ fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode>
         let config = match name.as_str() {
             "tiny" => ModelConfig::tiny(),
             "110m" => ModelConfig::llama_110m(),
-            other => anyhow::bail!("unknown benchmark model {other:?}: tiny or 110m"),
+            "1b" => ModelConfig::llama_1b(),
+            other => anyhow::bail!("unknown benchmark model {other:?}: tiny, 110m or 1b"),
         };
         let model = Model::new(config, Weights::random(&config, 1, &device), device.clone());
         let rows = bench

@@ -1,6 +1,7 @@
-//! `waypoint bench` through the real binary: one row per batch size with the native and the
-//! component figures and their ratios, and a clear error for settings it cannot measure with.
-//! (The figures themselves are measured, not asserted.)
+//! `waypoint bench` and `bench-model` through the real binary: `bench` prints one row per batch
+//! size with the native and the component figures and their ratios, and a clear error for
+//! settings it cannot measure with; `bench-model` prints one row per cache size, batch size and
+//! long context. (The figures themselves are measured, not asserted.)
 
 use std::process::Command;
 
@@ -64,4 +65,66 @@ fn bench_runs_more_cycles_than_the_default_model_length() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The rows `waypoint bench-model` prints: `[blocks, context, batch]` of each.
+fn model_rows(args: &[&str]) -> Vec<[usize; 3]> {
+    let output = Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(["bench-model", "--models", "tiny", "--decode-steps", "2"])
+        .args(args)
+        .output()
+        .expect("waypoint runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.first() == Some(&"tiny"))
+        .map(|fields| {
+            let field = |i: usize| fields[i].parse().expect("a count");
+            assert!(
+                fields[5..7]
+                    .iter()
+                    .all(|f| f.parse::<f64>().is_ok_and(|v| v > 0.0)),
+                "{stdout}"
+            );
+            [field(2), field(3), field(4)]
+        })
+        .collect()
+}
+
+#[test]
+fn bench_model_prints_rows_per_cache_size_and_long_context() {
+    let rows = model_rows(&[
+        "--batch",
+        "1,2",
+        "--prompt-len",
+        "8",
+        "--long-contexts",
+        "40",
+        "--num-blocks",
+        "16,64",
+    ]);
+    let expected = [16, 64]
+        .into_iter()
+        .flat_map(|blocks| [[blocks, 8, 1], [blocks, 8, 2], [blocks, 40, 1]]);
+    assert_eq!(rows, expected.collect::<Vec<_>>());
+}
+
+#[test]
+fn bench_model_without_long_contexts_prints_only_the_batch_rows() {
+    let rows = model_rows(&[
+        "--batch",
+        "1",
+        "--prompt-len",
+        "8",
+        "--long-contexts",
+        "--num-blocks",
+        "16",
+    ]);
+    assert_eq!(rows, vec![[16, 8, 1]]);
 }

@@ -25,6 +25,9 @@ fn policy_info(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// Tokens of the stream that runs across the swap.
+const STREAM_TOKENS: u32 = 800;
+
 #[test]
 fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
     let log = std::env::temp_dir().join(format!("waypoint-swap-{}.jsonl", std::process::id()));
@@ -57,11 +60,13 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
         .iter()
         .any(|line| line.contains("name=\"fcfs\"")));
 
+    // Long enough to outlive the swap's conformance run (about 4 s in a debug build, where
+    // `STREAM_TOKENS` take about 15 s).
     let stream = client
         .post(format!("{}/v1/completions", server.url))
         .header("X-Request-Id", "long")
         .json(&serde_json::json!({
-            "model": "tiny", "prompt": "a stream across a policy swap", "max_tokens": 300,
+            "model": "tiny", "prompt": "a stream across a policy swap", "max_tokens": STREAM_TOKENS,
             "ignore_eos": true, "stream": true,
         }))
         .send()
@@ -148,7 +153,7 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
             JourneyEventType::Finished
         ]
     );
-    assert_eq!(journey[3].decode_done_tokens, 300);
+    assert_eq!(journey[3].decode_done_tokens, STREAM_TOKENS);
 }
 
 #[test]

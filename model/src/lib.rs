@@ -178,6 +178,22 @@ impl ModelConfig {
         }
     }
 
+    /// The shape of Llama 3.2 1B (about 1.2 B parameters, tied embeddings; for GPU benchmarks).
+    pub fn llama_1b() -> Self {
+        Self {
+            vocab_size: 128_256,
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 64,
+            rope_theta: 500_000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+        }
+    }
+
     /// Parameters of this configuration.
     pub fn num_parameters(&self) -> usize {
         let (h, i) = (self.hidden_size, self.intermediate_size);
