@@ -5,12 +5,15 @@
 
 use std::process::Command;
 
-fn bench(args: &[&str]) -> std::process::Output {
+fn waypoint(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_waypoint"))
-        .arg("bench")
         .args(args)
         .output()
         .expect("waypoint runs")
+}
+
+fn bench(args: &[&str]) -> std::process::Output {
+    waypoint(&[&["bench"], args].concat())
 }
 
 #[test]
@@ -69,11 +72,8 @@ fn bench_runs_more_cycles_than_the_default_model_length() {
 
 /// The rows `waypoint bench-model` prints: `[blocks, context, batch]` of each.
 fn model_rows(args: &[&str]) -> Vec<[usize; 3]> {
-    let output = Command::new(env!("CARGO_BIN_EXE_waypoint"))
-        .args(["bench-model", "--models", "tiny", "--decode-steps", "2"])
-        .args(args)
-        .output()
-        .expect("waypoint runs");
+    let fixed = ["bench-model", "--models", "tiny", "--decode-steps", "2"];
+    let output = waypoint(&[&fixed[..], args].concat());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -172,6 +172,8 @@ struct Chunk {
 /// What a step reads and writes of the cache, prepared once for all layers: the cost is in the
 /// step's new tokens and its requests' block counts, never in the cache's size.
 struct StepPlan {
+    /// The rotary tables of the step's rows, at their absolute positions.
+    rotary: Rotary,
     /// The slot each new row's key and value is written to.
     slots: Tensor<1, Int>,
     singles: Option<SingleRows>,
@@ -188,14 +190,15 @@ impl StepPlan {
         config: &ModelConfig,
         device: &Device,
     ) -> Self {
+        let mut positions = Vec::new();
         let mut slots = Vec::new();
         let mut singles = Vec::new();
         let mut chunks = Vec::new();
-        let mut position = Vec::new();
         let mut offset = 0;
         for request in &batch.requests {
             let rows = request.tokens.len();
             let context = request.start_position + rows;
+            positions.extend(request.start_position..context);
             slots.extend(
                 (request.start_position..context).map(|p| cache.slot(&request.block_table, p)),
             );
@@ -221,18 +224,18 @@ impl StepPlan {
             offset += rows;
         }
         // Where each step row lands in [single rows…, chunk rows…].
-        position.resize(offset, 0i64);
+        let mut destination = vec![0i64; offset];
         for (index, &(row, _, _)) in singles.iter().enumerate() {
-            position[row] = index as i64;
+            destination[row] = index as i64;
         }
         let mut next = singles.len() as i64;
         for chunk in &chunks {
-            for slot in &mut position[chunk.offset..chunk.offset + chunk.rows] {
+            for slot in &mut destination[chunk.offset..chunk.offset + chunk.rows] {
                 *slot = next;
                 next += 1;
             }
         }
-        let in_order = position.iter().enumerate().all(|(i, &p)| p == i as i64);
+        let in_order = destination.iter().enumerate().all(|(i, &d)| d == i as i64);
         let singles = (!singles.is_empty()).then(|| {
             let count = singles.len();
             let width = singles
@@ -278,10 +281,11 @@ impl StepPlan {
             }
         });
         Self {
+            rotary: Rotary::new(&positions, config, device),
             slots: indices(slots, device),
             singles,
             chunks,
-            order: (!in_order).then(|| indices(position, device)),
+            order: (!in_order).then(|| indices(destination, device)),
         }
     }
 
@@ -358,16 +362,10 @@ pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCach
         .iter()
         .flat_map(|r| r.tokens.iter().copied())
         .collect();
-    let positions: Vec<usize> = batch
-        .requests
-        .iter()
-        .flat_map(|r| r.start_position..r.start_position + r.tokens.len())
-        .collect();
     let plan = StepPlan::new(batch, cache, &model.config, &device);
-    let rotary = Rotary::new(&positions, &model.config, &device);
     let mut hidden = model.embed(&tokens);
     for (index, layer) in model.weights.layers.iter().enumerate() {
-        hidden = layer.forward(hidden, &rotary, &model.config, |q, k, v| {
+        hidden = layer.forward(hidden, &plan.rotary, &model.config, |q, k, v| {
             let keys = cache.write(Half::Keys, index, &plan.slots, k);
             let values = cache.write(Half::Values, index, &plan.slots, v);
             plan.attend(q, &keys, &values, cache.block_size, &model.config)
