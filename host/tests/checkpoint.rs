@@ -56,6 +56,28 @@ fn the_transformers_checkpoint_reproduces_its_reference_logits() {
             error < 1e-4,
             "paged logits of {prompt:?}: relative error {error}"
         );
+        // The same prompt as a prefill of all but its last token, then that token decoded: one
+        // row through the checkpoint's transposed weights, attending over the cache it wrote.
+        let (last, head) = prompt.split_last().expect("prompts are not empty");
+        let mut cache = PagedKvCache::new(&config, 8, 4, &device);
+        let step = |tokens: &[u32], start_position: usize, cache: &mut PagedKvCache| {
+            let batch = PagedBatch {
+                requests: vec![BatchRequest {
+                    tokens: tokens.to_vec(),
+                    start_position,
+                    block_table: vec![3, 1, 6],
+                    sample: true,
+                }],
+            };
+            rows(model.forward_paged(&batch, cache))
+        };
+        step(head, 0, &mut cache);
+        let decoded = step(&[*last], head.len(), &mut cache);
+        let error = max_relative_error(&decoded.concat(), &expected[prompt.len() - 1..].concat());
+        assert!(
+            error < 1e-4,
+            "decoded logits of {prompt:?}: relative error {error}"
+        );
     }
 }
 

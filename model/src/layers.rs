@@ -5,7 +5,12 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::weights::LayerWeights;
-use super::ModelConfig;
+use super::{cpu, ModelConfig};
+
+/// `x · w`: the CPU's own loop for a few rows, burn's product otherwise.
+pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {
+    cpu::few_rows_product(&x, w).unwrap_or_else(|| x.matmul(w.clone()))
+}
 
 /// `x / rms(x) * weight`, row by row.
 pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
@@ -187,23 +192,15 @@ impl LayerWeights {
         let [rows, _] = hidden.dims();
         let (heads, kv_heads, head_dim) = (config.num_heads, config.num_kv_heads, config.head_dim);
         let normed = rms_norm(hidden.clone(), &self.attention_norm, config.rms_norm_eps);
-        let q = normed
-            .clone()
-            .matmul(self.wq.clone())
-            .reshape([rows, heads, head_dim]);
-        let k = normed
-            .clone()
-            .matmul(self.wk.clone())
-            .reshape([rows, kv_heads, head_dim]);
-        let v = normed
-            .matmul(self.wv.clone())
-            .reshape([rows, kv_heads, head_dim]);
+        let q = linear(normed.clone(), &self.wq).reshape([rows, heads, head_dim]);
+        let k = linear(normed.clone(), &self.wk).reshape([rows, kv_heads, head_dim]);
+        let v = linear(normed, &self.wv).reshape([rows, kv_heads, head_dim]);
         let q = rotary.apply(q);
         let k = rotary.apply(k);
-        let attention = attend(q, k, v).matmul(self.wo.clone());
+        let attention = linear(attend(q, k, v), &self.wo);
         let hidden = hidden + attention;
         let normed = rms_norm(hidden.clone(), &self.mlp_norm, config.rms_norm_eps);
-        let gated = silu(normed.clone().matmul(self.gate.clone())) * normed.matmul(self.up.clone());
-        hidden + gated.matmul(self.down.clone())
+        let gated = silu(linear(normed.clone(), &self.gate)) * linear(normed, &self.up);
+        hidden + linear(gated, &self.down)
     }
 }

@@ -7,6 +7,7 @@
 //! returns logits only for the rows that sample.
 
 pub mod checkpoint;
+mod cpu;
 mod device;
 mod layers;
 mod paged;
@@ -260,7 +261,7 @@ impl Model {
 
     fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         let hidden = layers::rms_norm(hidden, &self.weights.final_norm, self.config.rms_norm_eps);
-        hidden.matmul(self.weights.output_head())
+        layers::linear(hidden, &self.weights.output_head())
     }
 
     /// Reference forward of one sequence alone: plain causal attention, no cache. Returns the

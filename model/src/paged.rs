@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
+use super::cpu::{self, SingleQuery};
 use super::layers::{chunk_attention, chunk_mask, grouped_attention, head_of, Rotary};
 use super::{Model, ModelConfig};
 
@@ -143,9 +144,16 @@ fn indices(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
 }
 
-/// The single-token entries of a step (decodes, and one-token chunks), attended together in one
-/// batched attention per layer over their block tables padded to the longest.
-struct SingleRows {
+/// The single-token entries of a step (decodes, and one-token chunks).
+enum SingleRows {
+    /// On the CPU: each entry's own slots, read from the cache in place.
+    InPlace(Vec<SingleQuery>),
+    /// Elsewhere: attended together in one batched attention per layer.
+    Padded(Box<PaddedSingles>),
+}
+
+/// Single-token entries attended together over their block tables padded to the longest.
+struct PaddedSingles {
     /// Each entry's row in the step.
     rows: Tensor<1, Int>,
     /// Each entry's slots, padded to `width` blocks, entry after entry.
@@ -156,6 +164,90 @@ struct SingleRows {
     /// (`[count, group, width × block_size]`, the same for every key/value head); none when
     /// nothing is padded.
     hidden: Option<Tensor<3, Bool>>,
+}
+
+impl PaddedSingles {
+    fn new(
+        singles: &[(usize, usize, &BatchRequest)],
+        cache: &PagedKvCache,
+        config: &ModelConfig,
+        device: &Device,
+    ) -> Self {
+        let count = singles.len();
+        let width = singles
+            .iter()
+            .map(|&(_, context, _)| cache.blocks_for(context))
+            .max()
+            .unwrap_or(0);
+        let padded_context = width * cache.block_size;
+        let mut runs = Vec::new();
+        for &(_, context, request) in singles {
+            let used = cache.blocks_for(context);
+            cache.runs(&request.block_table, used, &mut runs);
+            // Padding reads any slots: it is masked.
+            if used < width {
+                runs.push(0..(width - used) * cache.block_size);
+            }
+        }
+        let padded = singles
+            .iter()
+            .any(|&(_, context, _)| context < padded_context);
+        let hidden = padded.then(|| {
+            let group = config.num_heads / config.num_kv_heads;
+            let shape = [count, group, padded_context];
+            let contexts: Vec<i64> = singles.iter().map(|&(_, c, _)| c as i64).collect();
+            let contexts = Tensor::<1, Int>::from_data(TensorData::new(contexts, [count]), device)
+                .reshape([count, 1, 1])
+                .expand(shape);
+            Tensor::<1, Int>::arange(0..padded_context as i64, device)
+                .reshape([1, 1, padded_context])
+                .expand(shape)
+                .greater_equal(contexts)
+        });
+        Self {
+            rows: indices(
+                singles.iter().map(|&(row, _, _)| row as i64).collect(),
+                device,
+            ),
+            runs,
+            count,
+            width,
+            hidden,
+        }
+    }
+
+    /// One layer's attention of these entries' rows of `q` (`[rows, heads, head_dim]`).
+    fn attend(
+        &self,
+        q: &Tensor<3>,
+        keys: &[Tensor<2>],
+        values: &[Tensor<2>],
+        block_size: usize,
+        config: &ModelConfig,
+    ) -> Tensor<2> {
+        let [_, heads, head_dim] = q.dims();
+        let group = heads / keys.len();
+        let (count, width) = (self.count, self.width);
+        let per_entry = |matrix: &Tensor<2>| {
+            PagedKvCache::gather(matrix, &self.runs).reshape([count, width * block_size, head_dim])
+        };
+        let q = q.clone().select(0, self.rows.clone());
+        let per_head: Vec<Tensor<3>> = keys
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(head, (k, v))| {
+                grouped_attention(
+                    q.clone().narrow(1, head * group, group),
+                    per_entry(k),
+                    per_entry(v),
+                    self.hidden.clone(),
+                    config,
+                )
+            })
+            .collect();
+        Tensor::cat(per_head, 1).reshape([count, heads * head_dim])
+    }
 }
 
 /// A multi-token entry (a prefill chunk), attended on its own.
@@ -236,50 +328,28 @@ impl StepPlan {
             }
         }
         let in_order = destination.iter().enumerate().all(|(i, &d)| d == i as i64);
-        let singles = (!singles.is_empty()).then(|| {
-            let count = singles.len();
-            let width = singles
-                .iter()
-                .map(|&(_, context, _)| cache.blocks_for(context))
-                .max()
-                .unwrap_or(0);
-            let padded_context = width * cache.block_size;
-            let mut runs = Vec::new();
-            for &(_, context, request) in &singles {
-                let used = cache.blocks_for(context);
-                cache.runs(&request.block_table, used, &mut runs);
-                // Padding reads any slots: it is masked.
-                if used < width {
-                    runs.push(0..(width - used) * cache.block_size);
-                }
-            }
-            let padded = singles
-                .iter()
-                .any(|&(_, context, _)| context < padded_context);
-            let hidden = padded.then(|| {
-                let group = config.num_heads / config.num_kv_heads;
-                let shape = [count, group, padded_context];
-                let contexts: Vec<i64> = singles.iter().map(|&(_, c, _)| c as i64).collect();
-                let contexts =
-                    Tensor::<1, Int>::from_data(TensorData::new(contexts, [count]), device)
-                        .reshape([count, 1, 1])
-                        .expand(shape);
-                Tensor::<1, Int>::arange(0..padded_context as i64, device)
-                    .reshape([1, 1, padded_context])
-                    .expand(shape)
-                    .greater_equal(contexts)
-            });
-            SingleRows {
-                rows: indices(
-                    singles.iter().map(|&(row, _, _)| row as i64).collect(),
-                    device,
-                ),
-                runs,
-                count,
-                width,
-                hidden,
-            }
-        });
+        let singles = if singles.is_empty() {
+            None
+        } else if cpu::runs_on(device) {
+            Some(SingleRows::InPlace(
+                singles
+                    .iter()
+                    .map(|&(row, context, request)| {
+                        let mut slots = Vec::new();
+                        cache.runs(&request.block_table, cache.blocks_for(context), &mut slots);
+                        // The last block's slots past the context are not the entry's.
+                        if let Some(last) = slots.last_mut() {
+                            last.end -= cache.blocks_for(context) * cache.block_size - context;
+                        }
+                        SingleQuery { row, slots }
+                    })
+                    .collect(),
+            ))
+        } else {
+            Some(SingleRows::Padded(Box::new(PaddedSingles::new(
+                &singles, cache, config, device,
+            ))))
+        };
         Self {
             rotary: Rotary::new(&positions, config, device),
             slots: indices(slots, device),
@@ -300,34 +370,16 @@ impl StepPlan {
         block_size: usize,
         config: &ModelConfig,
     ) -> Tensor<2> {
-        let [_, heads, head_dim] = q.dims();
-        let group = heads / keys.len();
         let mut outputs = Vec::with_capacity(1 + self.chunks.len());
-        if let Some(singles) = &self.singles {
-            let (count, width) = (singles.count, singles.width);
-            let per_entry = |matrix: &Tensor<2>| {
-                PagedKvCache::gather(matrix, &singles.runs).reshape([
-                    count,
-                    width * block_size,
-                    head_dim,
-                ])
-            };
-            let q = q.clone().select(0, singles.rows.clone());
-            let per_head: Vec<Tensor<3>> = keys
-                .iter()
-                .zip(values)
-                .enumerate()
-                .map(|(head, (k, v))| {
-                    grouped_attention(
-                        q.clone().narrow(1, head * group, group),
-                        per_entry(k),
-                        per_entry(v),
-                        singles.hidden.clone(),
-                        config,
-                    )
-                })
-                .collect();
-            outputs.push(Tensor::cat(per_head, 1).reshape([count, heads * head_dim]));
+        match &self.singles {
+            Some(SingleRows::InPlace(entries)) => outputs.push(
+                cpu::single_query_attention(&q, keys, values, entries)
+                    .expect("a CPU plan's tensors are on the CPU and its slots inside the cache"),
+            ),
+            Some(SingleRows::Padded(singles)) => {
+                outputs.push(singles.attend(&q, keys, values, block_size, config));
+            }
+            None => {}
         }
         for chunk in &self.chunks {
             let context = |matrices: &[Tensor<2>]| {

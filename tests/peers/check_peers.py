@@ -72,7 +72,8 @@ class Server:
         else:
             raise RuntimeError(f"waypoint serve exited with {self.process.wait()}")
         self.port = int(self.base.rsplit(":", 1)[1])
-        threading.Thread(target=self.forward_stderr, daemon=True).start()
+        self.forwarder = threading.Thread(target=self.forward_stderr, daemon=True)
+        self.forwarder.start()
 
     def forward_stderr(self):
         for line in self.process.stderr:
@@ -81,6 +82,9 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+        # The forwarder ends at the pipe's end of file; then the pipe can be closed.
+        self.forwarder.join(timeout=30)
+        self.process.stderr.close()
 
 
 def client(key=API_KEY):
