@@ -29,7 +29,12 @@ pub(crate) fn runs_on(device: &Device) -> bool {
     matches!(device.as_dispatch(), DispatchDevice::NdArray(_))
 }
 
+/// The backend's array under `tensor`; the device is checked first, so a GPU step does not
+/// format a conversion error for every product.
 fn on_cpu<const D: usize>(tensor: &Tensor<D>) -> Option<NdArrayTensor> {
+    if !runs_on(&tensor.device()) {
+        return None;
+    }
     tensor.clone().try_into_primitive::<NdArray>().ok()
 }
 
@@ -40,8 +45,12 @@ fn f32_view(tensor: &NdArrayTensor) -> Option<ArrayViewD<'_, f32>> {
     }
 }
 
-fn f32_views(tensors: &[NdArrayTensor]) -> Option<Vec<ArrayViewD<'_, f32>>> {
-    tensors.iter().map(f32_view).collect()
+/// Each tensor's elements as one slice in row-major order; none unless all are laid out so.
+fn contiguous(tensors: &[NdArrayTensor]) -> Option<Vec<&[f32]>> {
+    tensors
+        .iter()
+        .map(|tensor| f32_view(tensor)?.to_slice())
+        .collect()
 }
 
 fn from_rows<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<D>> {
@@ -127,15 +136,7 @@ pub(crate) fn single_query_attention(
     };
     let key_primitives: Vec<NdArrayTensor> = keys.iter().map(on_cpu).collect::<Option<_>>()?;
     let value_primitives: Vec<NdArrayTensor> = values.iter().map(on_cpu).collect::<Option<_>>()?;
-    let (key_views, value_views) = (f32_views(&key_primitives)?, f32_views(&value_primitives)?);
-    let key_slices: Vec<&[f32]> = key_views
-        .iter()
-        .map(|m| m.as_slice())
-        .collect::<Option<_>>()?;
-    let value_slices: Vec<&[f32]> = value_views
-        .iter()
-        .map(|m| m.as_slice())
-        .collect::<Option<_>>()?;
+    let (key_slices, value_slices) = (contiguous(&key_primitives)?, contiguous(&value_primitives)?);
     let kv_heads = key_slices.len();
     if kv_heads == 0 || heads % kv_heads != 0 || value_slices.len() != kv_heads {
         return None;
@@ -143,17 +144,17 @@ pub(crate) fn single_query_attention(
     let group = heads / kv_heads;
     let scale = (head_dim as f32).sqrt().recip();
     let mut out = vec![0.0f32; entries.len() * heads * head_dim];
-    let mut scores = Vec::new();
+    // Reused across entries and heads.
+    let (mut queries, mut scores, mut sums) = (Vec::new(), Vec::new(), Vec::new());
     for (entry, out) in entries.iter().zip(out.chunks_exact_mut(heads * head_dim)) {
         let context: usize = entry.slots.iter().map(ExactSizeIterator::len).sum();
         for (kv_head, out) in out.chunks_exact_mut(group * head_dim).enumerate() {
-            let queries: Vec<f32> = (0..group)
-                .flat_map(|g| {
-                    let head = kv_head * group + g;
-                    (0..head_dim).map(move |d| (entry.row, head, d))
-                })
-                .map(|(row, head, d)| q.get([row, head, d]).copied())
-                .collect::<Option<_>>()?;
+            queries.clear();
+            for head in kv_head * group..(kv_head + 1) * group {
+                for d in 0..head_dim {
+                    queries.push(*q.get([entry.row, head, d])?);
+                }
+            }
             // scores[g × context + i]: query head g against the entry's i-th key.
             scores.clear();
             scores.resize(group * context, 0.0);
@@ -167,7 +168,8 @@ pub(crate) fn single_query_attention(
                     position += 1;
                 }
             }
-            let mut sums = vec![0.0f32; group];
+            sums.clear();
+            sums.resize(group, 0.0f32);
             for (scores, sum) in scores.chunks_exact_mut(context.max(1)).zip(&mut sums) {
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 for score in scores.iter_mut() {

@@ -335,11 +335,12 @@ impl StepPlan {
                 singles
                     .iter()
                     .map(|&(row, context, request)| {
+                        let blocks = cache.blocks_for(context);
                         let mut slots = Vec::new();
-                        cache.runs(&request.block_table, cache.blocks_for(context), &mut slots);
+                        cache.runs(&request.block_table, blocks, &mut slots);
                         // The last block's slots past the context are not the entry's.
                         if let Some(last) = slots.last_mut() {
-                            last.end -= cache.blocks_for(context) * cache.block_size - context;
+                            last.end -= blocks * cache.block_size - context;
                         }
                         SingleQuery { row, slots }
                     })
