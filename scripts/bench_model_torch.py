@@ -1,9 +1,10 @@
 """The PyTorch side of scripts/bench-model-vs-torch: Hugging Face transformers' Llama at the shape
 of `waypoint bench-model`'s 110m row (random weights, f32, eager attention, one thread), timed
-the same way: one prefill of `batch` prompts, then `decode_steps` greedy steps over its KV cache.
-Prints one line per batch: `batch prefill_tok_s decode_tok_s`."""
+the same way: one prefill of `batch` prompts, then `decode_steps` greedy steps over its KV cache,
+decode figured from the median step. Prints one line per batch: `batch prefill_tok_s decode_tok_s`."""
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -45,13 +46,14 @@ def main():
             prefill = time.perf_counter() - start
             cache = output.cache
             tokens = output.logits[:, -1, :].argmax(-1, keepdim=True)
-            start = time.perf_counter()
+            steps = []
             for _ in range(args.decode_steps):
+                start = time.perf_counter()
                 output = model(input_ids=tokens, past_key_values=cache, use_cache=True)
                 cache = output.cache
                 tokens = output.logits[:, -1, :].argmax(-1, keepdim=True)
-            decode = time.perf_counter() - start
-        print(batch, batch * args.prompt_len / prefill, batch * args.decode_steps / decode, flush=True)
+                steps.append(time.perf_counter() - start)
+        print(batch, batch * args.prompt_len / prefill, batch / statistics.median(steps), flush=True)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ pub fn measure_side_by_side(
 pub struct ModelFigures {
     /// Prompt tokens per second, `batch` prompts computed in one forward pass.
     pub prefill_tokens_per_s: f64,
-    /// Generated tokens per second, one token for each of `batch` requests per forward pass.
+    /// Generated tokens per second, one token for each of `batch` requests per forward pass,
+    /// from the median step: one slow step on a shared machine does not move it.
     pub decode_tokens_per_s: f64,
     /// The cache's size in blocks (at least what the batch needs).
     pub num_blocks: usize,
@@ -184,7 +185,7 @@ pub fn measure_model(
     let start = Instant::now();
     let _ = crate::model::rows(model.forward_paged(&prefill, &mut cache));
     let prefill_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
+    let mut step_times = Vec::with_capacity(decode_steps);
     for step in 0..decode_steps {
         let decode = PagedBatch {
             requests: tables
@@ -197,12 +198,17 @@ pub fn measure_model(
                 })
                 .collect(),
         };
+        let start = Instant::now();
         let _ = crate::model::rows(model.forward_paged(&decode, &mut cache));
+        step_times.push(start.elapsed());
     }
-    let decode_s = start.elapsed().as_secs_f64();
+    step_times.sort_unstable();
+    let median_step_s = step_times
+        .get(step_times.len() / 2)
+        .map_or(f64::NAN, Duration::as_secs_f64);
     ModelFigures {
         prefill_tokens_per_s: (batch * prompt_len) as f64 / prefill_s,
-        decode_tokens_per_s: (batch * decode_steps) as f64 / decode_s,
+        decode_tokens_per_s: batch as f64 / median_step_s,
         num_blocks,
     }
 }

@@ -975,8 +975,15 @@ fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode>
         bench.decode_steps
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>8} {:>6}  {:>16}  {:>16}",
-        "model", "params", "blocks", "context", "batch", "prefill tok/s", "decode tok/s"
+        "{:>6} {:>10} {:>8} {:>8} {:>6}  {:>16}  {:>16}  {:>16}",
+        "model",
+        "params",
+        "blocks",
+        "context",
+        "batch",
+        "prefill tok/s",
+        "decode tok/s",
+        format!("decode vs {}", bench.prompt_len)
     );
     for name in bench.models {
         let config = match name.as_str() {
@@ -993,11 +1000,22 @@ fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode>
             .chain(bench.long_contexts.iter().map(|&context| (1, context)));
         let rows: Vec<(usize, usize)> = rows.collect();
         for &num_blocks in bench.num_blocks {
+            // A long-context row's decode against batch 1 at the prompt length, when measured.
+            let mut short_decode = None;
             for &(batch, context) in &rows {
                 let figures =
                     bench::measure_model(&model, batch, context, bench.decode_steps, num_blocks);
+                let against_short = match short_decode {
+                    Some(short) if context != bench.prompt_len => {
+                        format!("{:.2}", figures.decode_tokens_per_s / short)
+                    }
+                    _ => String::new(),
+                };
+                if batch == 1 && context == bench.prompt_len {
+                    short_decode = Some(figures.decode_tokens_per_s);
+                }
                 println!(
-                    "{name:>6} {:>9.1}M {:>8} {context:>8} {batch:>6}  {:>16.1}  {:>16.1}",
+                    "{name:>6} {:>9.1}M {:>8} {context:>8} {batch:>6}  {:>16.1}  {:>16.1}  {against_short:>16}",
                     config.num_parameters() as f64 / 1e6,
                     figures.num_blocks,
                     figures.prefill_tokens_per_s,

@@ -70,8 +70,9 @@ fn bench_runs_more_cycles_than_the_default_model_length() {
     );
 }
 
-/// The rows `waypoint bench-model` prints: `[blocks, context, batch]` of each.
-fn model_rows(args: &[&str]) -> Vec<[usize; 3]> {
+/// The rows `waypoint bench-model` prints: `[blocks, context, batch]` of each, and whether it
+/// gives its decode against the batch-1 row at the prompt length.
+fn model_rows(args: &[&str]) -> Vec<([usize; 3], bool)> {
     let fixed = ["bench-model", "--models", "tiny", "--decode-steps", "2"];
     let output = waypoint(&[&fixed[..], args].concat());
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -92,7 +93,9 @@ fn model_rows(args: &[&str]) -> Vec<[usize; 3]> {
                     .all(|f| f.parse::<f64>().is_ok_and(|v| v > 0.0)),
                 "{stdout}"
             );
-            [field(2), field(3), field(4)]
+            let ratio = fields.get(7).map(|f| f.parse::<f64>().expect("a ratio"));
+            assert!(ratio.is_none_or(|r| r > 0.0), "{stdout}");
+            ([field(2), field(3), field(4)], ratio.is_some())
         })
         .collect()
 }
@@ -109,9 +112,13 @@ fn bench_model_prints_rows_per_cache_size_and_long_context() {
         "--num-blocks",
         "16,64",
     ]);
-    let expected = [16, 64]
-        .into_iter()
-        .flat_map(|blocks| [[blocks, 8, 1], [blocks, 8, 2], [blocks, 40, 1]]);
+    let expected = [16, 64].into_iter().flat_map(|blocks| {
+        [
+            ([blocks, 8, 1], false),
+            ([blocks, 8, 2], false),
+            ([blocks, 40, 1], true),
+        ]
+    });
     assert_eq!(rows, expected.collect::<Vec<_>>());
 }
 
@@ -126,5 +133,5 @@ fn bench_model_without_long_contexts_prints_only_the_batch_rows() {
         "--num-blocks",
         "16",
     ]);
-    assert_eq!(rows, vec![[16, 8, 1]]);
+    assert_eq!(rows, vec![([16, 8, 1], false)]);
 }
