@@ -36,6 +36,11 @@ use waypoint::telemetry::Clock;
 use waypoint::workload::Rng;
 use waypoint_scheduler::{NewRequest, PolicyKind};
 
+// The model runner's large activations are allocated and freed every layer; glibc's allocator
+// hands them back to the kernel, so each step page-faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "waypoint",
