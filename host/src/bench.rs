@@ -135,6 +135,13 @@ pub fn measure_side_by_side(
         .collect())
 }
 
+/// One row of `bench-model`: `batch` requests whose prompts are `prompt_len` tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelRow {
+    pub batch: usize,
+    pub prompt_len: usize,
+}
+
 /// Prefill and decode throughput of the model runner alone (no scheduler).
 #[derive(Clone, Copy, Debug)]
 pub struct ModelFigures {
@@ -143,72 +150,96 @@ pub struct ModelFigures {
     /// Generated tokens per second, one token for each of `batch` requests per forward pass,
     /// from the median step: one slow step on a shared machine does not move it.
     pub decode_tokens_per_s: f64,
-    /// The cache's size in blocks (at least what the batch needs).
-    pub num_blocks: usize,
 }
 
-/// Time a prefill of `batch` prompts of `prompt_len` tokens, then `decode_steps` decode steps.
+/// Time each row's prefill, then `decode_steps` decode steps of every row, the rows' steps taken
+/// in turn so that each sees the same machine: rows are compared side by side, not one busy
+/// minute against a quiet one. All rows share one cache of at least `num_blocks` blocks (more
+/// when they need it); its size is returned with the figures, one per row.
 pub fn measure_model(
     model: &crate::model::Model,
-    batch: usize,
-    prompt_len: usize,
+    rows: &[ModelRow],
     decode_steps: usize,
     num_blocks: usize,
-) -> ModelFigures {
+) -> (usize, Vec<ModelFigures>) {
     use crate::model::{BatchRequest, PagedBatch, PagedKvCache};
     let block_size = 16;
-    let blocks_per_request = (prompt_len + decode_steps).div_ceil(block_size);
-    let num_blocks = num_blocks.max(batch * blocks_per_request + 1);
-    let mut cache = PagedKvCache::new(model.config(), num_blocks, block_size, model.device());
-    let tables: Vec<Vec<u32>> = (0..batch)
-        .map(|r| {
-            (0..blocks_per_request)
-                .map(|b| (1 + r * blocks_per_request + b) as u32)
+    let vocab = model.config().vocab_size as u32;
+    // Each row's requests' block tables, consecutive blocks after the null block 0.
+    let mut next_block = 1;
+    let tables: Vec<Vec<Vec<u32>>> = rows
+        .iter()
+        .map(|row| {
+            let blocks = (row.prompt_len + decode_steps).div_ceil(block_size);
+            (0..row.batch)
+                .map(|_| {
+                    let table = (next_block..next_block + blocks)
+                        .map(|b| b as u32)
+                        .collect();
+                    next_block += blocks;
+                    table
+                })
                 .collect()
         })
         .collect();
-    let vocab = model.config().vocab_size as u32;
-    let prefill = PagedBatch {
-        requests: tables
-            .iter()
-            .enumerate()
-            .map(|(r, table)| BatchRequest {
-                tokens: (0..prompt_len)
-                    .map(|t| ((t * 7 + r * 13) as u32) % vocab)
+    let num_blocks = num_blocks.max(next_block);
+    let mut cache = PagedKvCache::new(model.config(), num_blocks, block_size, model.device());
+    let prefill_s: Vec<f64> = rows
+        .iter()
+        .zip(&tables)
+        .map(|(row, tables)| {
+            let prefill = PagedBatch {
+                requests: tables
+                    .iter()
+                    .enumerate()
+                    .map(|(r, table)| BatchRequest {
+                        tokens: (0..row.prompt_len)
+                            .map(|t| ((t * 7 + r * 13) as u32) % vocab)
+                            .collect(),
+                        start_position: 0,
+                        block_table: table.clone(),
+                        sample: true,
+                    })
                     .collect(),
-                start_position: 0,
-                block_table: table.clone(),
-                sample: true,
-            })
-            .collect(),
-    };
-    let start = Instant::now();
-    let _ = crate::model::rows(model.forward_paged(&prefill, &mut cache));
-    let prefill_s = start.elapsed().as_secs_f64();
-    let mut step_times = Vec::with_capacity(decode_steps);
+            };
+            let start = Instant::now();
+            let _ = crate::model::rows(model.forward_paged(&prefill, &mut cache));
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mut step_times = vec![Vec::with_capacity(decode_steps); rows.len()];
     for step in 0..decode_steps {
-        let decode = PagedBatch {
-            requests: tables
-                .iter()
-                .map(|table| BatchRequest {
-                    tokens: vec![(step as u32 * 3) % vocab],
-                    start_position: prompt_len + step,
-                    block_table: table.clone(),
-                    sample: true,
-                })
-                .collect(),
-        };
-        let start = Instant::now();
-        let _ = crate::model::rows(model.forward_paged(&decode, &mut cache));
-        step_times.push(start.elapsed());
+        for ((row, tables), times) in rows.iter().zip(&tables).zip(&mut step_times) {
+            let decode = PagedBatch {
+                requests: tables
+                    .iter()
+                    .map(|table| BatchRequest {
+                        tokens: vec![(step as u32 * 3) % vocab],
+                        start_position: row.prompt_len + step,
+                        block_table: table.clone(),
+                        sample: true,
+                    })
+                    .collect(),
+            };
+            let start = Instant::now();
+            let _ = crate::model::rows(model.forward_paged(&decode, &mut cache));
+            times.push(start.elapsed());
+        }
     }
-    step_times.sort_unstable();
-    let median_step_s = step_times
-        .get(step_times.len() / 2)
-        .map_or(f64::NAN, Duration::as_secs_f64);
-    ModelFigures {
-        prefill_tokens_per_s: (batch * prompt_len) as f64 / prefill_s,
-        decode_tokens_per_s: batch as f64 / median_step_s,
-        num_blocks,
-    }
+    let figures = rows
+        .iter()
+        .zip(prefill_s)
+        .zip(&mut step_times)
+        .map(|((row, prefill_s), times)| {
+            times.sort_unstable();
+            let median_step_s = times
+                .get(times.len() / 2)
+                .map_or(f64::NAN, Duration::as_secs_f64);
+            ModelFigures {
+                prefill_tokens_per_s: (row.batch * row.prompt_len) as f64 / prefill_s,
+                decode_tokens_per_s: row.batch as f64 / median_step_s,
+            }
+        })
+        .collect();
+    (num_blocks, figures)
 }

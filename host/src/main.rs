@@ -976,7 +976,7 @@ struct ModelBench<'a> {
 fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode> {
     let device = open_device(choice)?;
     println!(
-        "model runner on {choice:?}; {} decode steps timed after the prompt",
+        "model runner on {choice:?}; {} decode steps timed after the prompt, the rows' steps in turn",
         bench.decode_steps
     );
     println!(
@@ -1003,26 +1003,33 @@ fn bench_model(bench: &ModelBench<'_>, choice: DeviceChoice) -> Result<ExitCode>
             .iter()
             .map(|&batch| (batch, bench.prompt_len))
             .chain(bench.long_contexts.iter().map(|&context| (1, context)));
-        let rows: Vec<(usize, usize)> = rows.collect();
+        let rows: Vec<bench::ModelRow> = rows
+            .map(|(batch, prompt_len)| bench::ModelRow { batch, prompt_len })
+            .collect();
+        let short = bench::ModelRow {
+            batch: 1,
+            prompt_len: bench.prompt_len,
+        };
         for &num_blocks in bench.num_blocks {
-            // A long-context row's decode against batch 1 at the prompt length, when measured.
-            let mut short_decode = None;
-            for &(batch, context) in &rows {
-                let figures =
-                    bench::measure_model(&model, batch, context, bench.decode_steps, num_blocks);
+            let (blocks, figures) =
+                bench::measure_model(&model, &rows, bench.decode_steps, num_blocks);
+            // Long-context rows against batch 1 at the prompt length, when it is measured.
+            let short_decode = rows
+                .iter()
+                .position(|row| *row == short)
+                .map(|i| figures[i].decode_tokens_per_s);
+            for (row, figures) in rows.iter().zip(&figures) {
                 let against_short = match short_decode {
-                    Some(short) if context != bench.prompt_len => {
+                    Some(short) if row.prompt_len != bench.prompt_len => {
                         format!("{:.2}", figures.decode_tokens_per_s / short)
                     }
                     _ => String::new(),
                 };
-                if batch == 1 && context == bench.prompt_len {
-                    short_decode = Some(figures.decode_tokens_per_s);
-                }
                 println!(
-                    "{name:>6} {:>9.1}M {:>8} {context:>8} {batch:>6}  {:>16.1}  {:>16.1}  {against_short:>16}",
+                    "{name:>6} {:>9.1}M {blocks:>8} {:>8} {:>6}  {:>16.1}  {:>16.1}  {against_short:>16}",
                     config.num_parameters() as f64 / 1e6,
-                    figures.num_blocks,
+                    row.prompt_len,
+                    row.batch,
                     figures.prefill_tokens_per_s,
                     figures.decode_tokens_per_s
                 );

@@ -206,14 +206,21 @@ pub(crate) fn single_query_attention(
                     queries.push(*q.get([entry.row, head, d])? * scale);
                 }
             }
-            arch.dispatch(GroupAttention {
+            let attention = GroupAttention {
                 queries: &queries,
                 keys: runs(key_slices[kv_head], &entry.slots, head_dim)?,
                 values: runs(value_slices[kv_head], &entry.slots, head_dim)?,
                 head_dim,
                 scores: &mut scores,
                 out,
-            });
+                eight_keys: PerKey,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                pulp::Simd::vectorize(v3, attention.scoring_eight_keys_with(v3));
+                continue;
+            }
+            arch.dispatch(attention);
         }
     }
     from_rows(out, [entries.len(), heads * head_dim])
@@ -229,7 +236,7 @@ fn runs<'a>(matrix: &'a [f32], slots: &[Range<usize>], head_dim: usize) -> Optio
 
 /// One key/value head's share of an entry's attention: the query heads that share it (already
 /// scaled), the runs of its cached keys and values, and where its output rows go.
-struct GroupAttention<'a> {
+struct GroupAttention<'a, E> {
     queries: &'a [f32],
     keys: Vec<&'a [f32]>,
     values: Vec<&'a [f32]>,
@@ -237,9 +244,81 @@ struct GroupAttention<'a> {
     /// Reused across calls: `[group, context]`.
     scores: &'a mut Vec<f32>,
     out: &'a mut [f32],
+    eight_keys: E,
 }
 
-impl pulp::WithSimd for GroupAttention<'_> {
+impl<'a> GroupAttention<'a, PerKey> {
+    #[cfg(target_arch = "x86_64")]
+    fn scoring_eight_keys_with<E: EightKeys>(self, eight_keys: E) -> GroupAttention<'a, E> {
+        let Self {
+            queries,
+            keys,
+            values,
+            head_dim,
+            scores,
+            out,
+            ..
+        } = self;
+        GroupAttention {
+            queries,
+            keys,
+            values,
+            head_dim,
+            scores,
+            out,
+            eight_keys,
+        }
+    }
+}
+
+/// A way to score eight keys at once where the vector unit can add across lanes of several
+/// vectors together; scoring a key alone ends in a chain of shuffles to sum one vector's lanes.
+trait EightKeys: Copy {
+    /// `query · key j` for the eight keys laid end to end in `keys`, or `None` to score them one
+    /// at a time.
+    fn dots(self, query: &[f32], keys: &[f32], head_dim: usize) -> Option<[f32; 8]>;
+}
+
+/// Every key scored on its own.
+#[derive(Clone, Copy)]
+struct PerKey;
+
+impl EightKeys for PerKey {
+    #[inline(always)]
+    fn dots(self, _: &[f32], _: &[f32], _: usize) -> Option<[f32; 8]> {
+        None
+    }
+}
+
+/// AVX's horizontal adds reduce eight keys' lane-wise sums in three rounds.
+#[cfg(target_arch = "x86_64")]
+impl EightKeys for pulp::x86::V3 {
+    #[inline(always)]
+    fn dots(self, query: &[f32], keys: &[f32], head_dim: usize) -> Option<[f32; 8]> {
+        use pulp::{bytemuck::cast, Simd};
+        use std::arch::x86_64::__m256;
+        let (query, tail) = Self::as_simd_f32s(query);
+        if !tail.is_empty() {
+            return None;
+        }
+        let mut partials = [self.splat_f32s(0.0); 8];
+        for (partial, key) in partials.iter_mut().zip(keys.chunks_exact(head_dim)) {
+            for (&q, &k) in query.iter().zip(Self::as_simd_f32s(key).0) {
+                *partial = self.mul_add_e_f32s(q, k, *partial);
+            }
+        }
+        let [p0, p1, p2, p3, p4, p5, p6, p7]: [__m256; 8] = partials.map(cast);
+        let avx = self.avx;
+        // [key 0..4 of lanes 0..4, key 0..4 of lanes 4..8], then the same for keys 4..8.
+        let low_keys = avx._mm256_hadd_ps(avx._mm256_hadd_ps(p0, p1), avx._mm256_hadd_ps(p2, p3));
+        let high_keys = avx._mm256_hadd_ps(avx._mm256_hadd_ps(p4, p5), avx._mm256_hadd_ps(p6, p7));
+        let first_lanes = avx._mm256_permute2f128_ps::<0x20>(low_keys, high_keys);
+        let last_lanes = avx._mm256_permute2f128_ps::<0x31>(low_keys, high_keys);
+        Some(cast(avx._mm256_add_ps(first_lanes, last_lanes)))
+    }
+}
+
+impl<E: EightKeys> pulp::WithSimd for GroupAttention<'_, E> {
     type Output = ();
 
     /// The common head widths are constants in their own copies of the loops, so a row of keys
@@ -256,7 +335,7 @@ impl pulp::WithSimd for GroupAttention<'_> {
     }
 }
 
-impl GroupAttention<'_> {
+impl<E: EightKeys> GroupAttention<'_, E> {
     /// Each key and value is read from the cache once and used for every query of the group
     /// while it is in the L1 cache: a long context's keys and values outgrow the L2 cache.
     #[inline(always)]
@@ -267,6 +346,7 @@ impl GroupAttention<'_> {
             values,
             scores,
             out,
+            eight_keys,
             ..
         } = self;
         let context: usize = keys.iter().map(|run| run.len() / head_dim).sum();
@@ -279,7 +359,22 @@ impl GroupAttention<'_> {
         let mut rows: Vec<&mut [f32]> = scores.chunks_exact_mut(context).collect();
         let mut position = 0;
         for run in keys {
-            for key in run.chunks_exact(head_dim) {
+            let mut eights = run.chunks_exact(8 * head_dim);
+            for eight in &mut eights {
+                for (query, row) in queries.chunks_exact(head_dim).zip(rows.iter_mut()) {
+                    let row = &mut row[position..position + 8];
+                    match eight_keys.dots(query, eight, head_dim) {
+                        Some(scores) => row.copy_from_slice(&scores),
+                        None => {
+                            for (score, key) in row.iter_mut().zip(eight.chunks_exact(head_dim)) {
+                                *score = dot(simd, query, key);
+                            }
+                        }
+                    }
+                }
+                position += 8;
+            }
+            for key in eights.remainder().chunks_exact(head_dim) {
                 for (query, row) in queries.chunks_exact(head_dim).zip(rows.iter_mut()) {
                     row[position] = dot(simd, query, key);
                 }
@@ -438,7 +533,10 @@ fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use burn::tensor::{Tensor, TensorData};
 
-    use super::{exp_of_nonpositive, few_rows_product, single_query_attention, SingleQuery};
+    use super::{
+        exp_of_nonpositive, few_rows_product, single_query_attention, GroupAttention, PerKey,
+        SingleQuery,
+    };
     use crate::cpu_device;
 
     fn matrix(rows: usize, cols: usize, seed: usize) -> Tensor<2> {
@@ -585,5 +683,49 @@ mod tests {
         }
         assert_eq!(exp_of_nonpositive(0.0), 1.0);
         assert!(exp_of_nonpositive(f32::NEG_INFINITY) > 0.0);
+    }
+
+    #[test]
+    fn keys_scored_one_at_a_time_match_the_reference_on_every_vector_unit() {
+        // What `single_query_attention` takes where no faster way to score eight keys exists.
+        let (head_dim, group) = (16, 2);
+        let cache = |seed| -> Vec<f32> { matrix(45, head_dim, seed).into_data().to_vec().unwrap() };
+        let (keys, values) = (cache(1), cache(2));
+        let queries: Vec<f32> = matrix(group, head_dim, 3).into_data().to_vec().unwrap();
+        let runs = |cache: &[f32]| -> Vec<Vec<f32>> {
+            vec![
+                cache[..17 * head_dim].to_vec(),
+                cache[20 * head_dim..].to_vec(),
+            ]
+        };
+        let (key_runs, value_runs) = (runs(&keys), runs(&values));
+        let (mut scores, mut out) = (Vec::new(), vec![0.0f32; group * head_dim]);
+        pulp::Arch::new().dispatch(GroupAttention {
+            queries: &queries,
+            keys: key_runs.iter().map(Vec::as_slice).collect(),
+            values: value_runs.iter().map(Vec::as_slice).collect(),
+            head_dim,
+            scores: &mut scores,
+            out: &mut out,
+            eight_keys: PerKey,
+        });
+        let rows = |runs: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            runs.iter()
+                .flat_map(|run| run.chunks_exact(head_dim).map(<[f32]>::to_vec))
+                .collect()
+        };
+        let (key_rows, value_rows) = (rows(&key_runs), rows(&value_runs));
+        for (query, out) in queries
+            .chunks_exact(head_dim)
+            .zip(out.chunks_exact(head_dim))
+        {
+            // The queries come scaled; the reference scales its own.
+            let unscaled: Vec<f32> = query.iter().map(|q| q * (head_dim as f32).sqrt()).collect();
+            let k: Vec<&[f32]> = key_rows.iter().map(Vec::as_slice).collect();
+            let v: Vec<&[f32]> = value_rows.iter().map(Vec::as_slice).collect();
+            for (a, x) in out.iter().zip(reference_attention(&unscaled, &k, &v)) {
+                assert!((f64::from(*a) - x).abs() <= 1e-5, "{a} against {x}");
+            }
+        }
     }
 }
