@@ -198,6 +198,8 @@ pub(crate) fn single_query_attention(
     // Reused across entries and heads.
     let (mut queries, mut scores) = (Vec::new(), Vec::new());
     let arch = pulp::Arch::new();
+    #[cfg(target_arch = "x86_64")]
+    let v3 = pulp::x86::V3::try_new();
     for (entry, out) in entries.iter().zip(out.chunks_exact_mut(heads * head_dim)) {
         for (kv_head, out) in out.chunks_exact_mut(group * head_dim).enumerate() {
             queries.clear();
@@ -213,14 +215,13 @@ pub(crate) fn single_query_attention(
                 head_dim,
                 scores: &mut scores,
                 out,
-                eight_keys: PerKey,
             };
             #[cfg(target_arch = "x86_64")]
-            if let Some(v3) = pulp::x86::V3::try_new() {
-                pulp::Simd::vectorize(v3, attention.scoring_eight_keys_with(v3));
+            if let Some(v3) = v3 {
+                pulp::Simd::vectorize(v3, Scored(attention, v3));
                 continue;
             }
-            arch.dispatch(attention);
+            arch.dispatch(Scored(attention, PerKey));
         }
     }
     from_rows(out, [entries.len(), heads * head_dim])
@@ -236,7 +237,7 @@ fn runs<'a>(matrix: &'a [f32], slots: &[Range<usize>], head_dim: usize) -> Optio
 
 /// One key/value head's share of an entry's attention: the query heads that share it (already
 /// scaled), the runs of its cached keys and values, and where its output rows go.
-struct GroupAttention<'a, E> {
+struct GroupAttention<'a> {
     queries: &'a [f32],
     keys: Vec<&'a [f32]>,
     values: Vec<&'a [f32]>,
@@ -244,32 +245,10 @@ struct GroupAttention<'a, E> {
     /// Reused across calls: `[group, context]`.
     scores: &'a mut Vec<f32>,
     out: &'a mut [f32],
-    eight_keys: E,
 }
 
-impl<'a> GroupAttention<'a, PerKey> {
-    #[cfg(target_arch = "x86_64")]
-    fn scoring_eight_keys_with<E: EightKeys>(self, eight_keys: E) -> GroupAttention<'a, E> {
-        let Self {
-            queries,
-            keys,
-            values,
-            head_dim,
-            scores,
-            out,
-            ..
-        } = self;
-        GroupAttention {
-            queries,
-            keys,
-            values,
-            head_dim,
-            scores,
-            out,
-            eight_keys,
-        }
-    }
-}
+/// A group's attention with the way its keys are scored eight at a time.
+struct Scored<'a, E>(GroupAttention<'a>, E);
 
 /// A way to score eight keys at once where the vector unit can add across lanes of several
 /// vectors together; scoring a key alone ends in a chain of shuffles to sum one vector's lanes.
@@ -318,35 +297,35 @@ impl EightKeys for pulp::x86::V3 {
     }
 }
 
-impl<E: EightKeys> pulp::WithSimd for GroupAttention<'_, E> {
+impl<E: EightKeys> pulp::WithSimd for Scored<'_, E> {
     type Output = ();
 
     /// The common head widths are constants in their own copies of the loops, so a row of keys
     /// or values is whole registers.
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        match self.head_dim {
-            16 => self.attend(simd, 16),
-            32 => self.attend(simd, 32),
-            64 => self.attend(simd, 64),
-            128 => self.attend(simd, 128),
-            head_dim => self.attend(simd, head_dim),
+        let Self(attention, eight_keys) = self;
+        match attention.head_dim {
+            16 => attention.attend(simd, eight_keys, 16),
+            32 => attention.attend(simd, eight_keys, 32),
+            64 => attention.attend(simd, eight_keys, 64),
+            128 => attention.attend(simd, eight_keys, 128),
+            head_dim => attention.attend(simd, eight_keys, head_dim),
         }
     }
 }
 
-impl<E: EightKeys> GroupAttention<'_, E> {
+impl GroupAttention<'_> {
     /// Each key and value is read from the cache once and used for every query of the group
     /// while it is in the L1 cache: a long context's keys and values outgrow the L2 cache.
     #[inline(always)]
-    fn attend<S: pulp::Simd>(self, simd: S, head_dim: usize) {
+    fn attend<S: pulp::Simd, E: EightKeys>(self, simd: S, eight_keys: E, head_dim: usize) {
         let Self {
             queries,
             keys,
             values,
             scores,
             out,
-            eight_keys,
             ..
         } = self;
         let context: usize = keys.iter().map(|run| run.len() / head_dim).sum();
@@ -535,7 +514,7 @@ mod tests {
 
     use super::{
         exp_of_nonpositive, few_rows_product, single_query_attention, GroupAttention, PerKey,
-        SingleQuery,
+        Scored, SingleQuery,
     };
     use crate::cpu_device;
 
@@ -700,15 +679,15 @@ mod tests {
         };
         let (key_runs, value_runs) = (runs(&keys), runs(&values));
         let (mut scores, mut out) = (Vec::new(), vec![0.0f32; group * head_dim]);
-        pulp::Arch::new().dispatch(GroupAttention {
+        let attention = GroupAttention {
             queries: &queries,
             keys: key_runs.iter().map(Vec::as_slice).collect(),
             values: value_runs.iter().map(Vec::as_slice).collect(),
             head_dim,
             scores: &mut scores,
             out: &mut out,
-            eight_keys: PerKey,
-        });
+        };
+        pulp::Arch::new().dispatch(Scored(attention, PerKey));
         let rows = |runs: &[Vec<f32>]| -> Vec<Vec<f32>> {
             runs.iter()
                 .flat_map(|run| run.chunks_exact(head_dim).map(<[f32]>::to_vec))
