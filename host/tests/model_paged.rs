@@ -142,3 +142,75 @@ fn a_prefix_hit_reads_kv_another_request_wrote() {
     let error = max_relative_error(&logits[0], &dense[9]);
     assert!(error < 1e-4, "relative error {error}");
 }
+
+#[test]
+fn long_contexts_over_scattered_blocks_at_the_110m_head_width_match_the_dense_reference() {
+    // The 110m model's head width and a query group of three, with contexts several times longer
+    // than the GPU kernel's units, so each unit reads many keys across many blocks.
+    let config = ModelConfig {
+        hidden_size: 96,
+        intermediate_size: 192,
+        num_heads: 6,
+        num_kv_heads: 2,
+        head_dim: 64,
+        ..ModelConfig::tiny()
+    };
+    let device = test_device();
+    let model = Model::new(config, Weights::random(&config, 5, &device), device.clone());
+    let block_size = 16;
+    let mut cache = PagedKvCache::new(&config, 48, block_size, &device);
+    let long: Vec<u32> = (0..150).map(|t| (t * 37 + 1) % 256).collect();
+    let short: Vec<u32> = (0..40).map(|t| (t * 13 + 7) % 256).collect();
+    // Tables in no order, the long one interleaved with the short one's.
+    let long_table: Vec<u32> = vec![40, 3, 17, 29, 8, 44, 1, 35, 12, 22];
+    let short_table: Vec<u32> = vec![19, 6, 31];
+    let request =
+        |tokens: &[u32], start_position: usize, table: &[u32], sample: bool| BatchRequest {
+            tokens: tokens.to_vec(),
+            start_position,
+            block_table: table.to_vec(),
+            sample,
+        };
+
+    let first = PagedBatch {
+        requests: vec![
+            request(&long[..61], 0, &long_table, false),
+            request(&short, 0, &short_table, true),
+        ],
+    };
+    let logits = rows(model.forward_paged(&first, &mut cache));
+    let error = max_relative_error(&logits[0], &rows(model.forward_dense(&short))[39]);
+    assert!(error < 1e-4, "the short prompt: relative error {error}");
+
+    // A decode of the short request beside the rest of the long prompt, listed first.
+    let mut short_next = short.clone();
+    short_next.push(200);
+    let second = PagedBatch {
+        requests: vec![
+            request(&[200], 40, &short_table, true),
+            request(&long[61..], 61, &long_table, true),
+        ],
+    };
+    let logits = rows(model.forward_paged(&second, &mut cache));
+    let error_short = max_relative_error(&logits[0], &rows(model.forward_dense(&short_next))[40]);
+    let dense_long = rows(model.forward_dense(&long));
+    let error_long = max_relative_error(&logits[1], &dense_long[149]);
+    assert!(
+        error_short < 1e-4,
+        "the short decode: relative error {error_short}"
+    );
+    assert!(
+        error_long < 1e-4,
+        "the long chunk: relative error {error_long}"
+    );
+
+    // A decode over all 150 cached positions of the long prompt.
+    let mut long_next = long.clone();
+    long_next.push(9);
+    let third = PagedBatch {
+        requests: vec![request(&[9], 150, &long_table, true)],
+    };
+    let logits = rows(model.forward_paged(&third, &mut cache));
+    let error = max_relative_error(&logits[0], &rows(model.forward_dense(&long_next))[150]);
+    assert!(error < 1e-4, "the long decode: relative error {error}");
+}

@@ -9,6 +9,8 @@
 pub mod checkpoint;
 mod cpu;
 mod device;
+#[cfg(feature = "wgpu")]
+mod gpu;
 mod layers;
 mod paged;
 pub mod sampling;

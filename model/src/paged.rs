@@ -5,17 +5,70 @@ use std::ops::Range;
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::cpu::{self, SingleQuery};
-use super::layers::{chunk_attention, chunk_mask, grouped_attention, head_of, Rotary};
+#[cfg(feature = "wgpu")]
+use super::gpu;
+use super::layers::{chunk_attention, chunk_mask, head_of, Rotary};
 use super::{Model, ModelConfig};
 
-/// Keys and values of every layer, `num_blocks × block_size` token slots each, one
-/// `[slots, head_dim]` matrix per key/value head: a request's context is then rows of that
-/// matrix, and a run of consecutive blocks is read in one contiguous copy.
+/// Keys and values of every layer, `num_blocks × block_size` token slots each, laid out for the
+/// device that reads them.
 pub struct PagedKvCache {
-    /// `[layer][kv head]`.
-    keys: Vec<Vec<Tensor<2>>>,
-    values: Vec<Vec<Tensor<2>>>,
+    /// `[layer]`.
+    keys: Vec<Slots>,
+    values: Vec<Slots>,
     block_size: usize,
+}
+
+/// One layer's keys or values.
+enum Slots {
+    /// On the CPU: one `[slots, head_dim]` matrix per key/value head. A request's context in one
+    /// head is then rows of one matrix, and a run of consecutive blocks one contiguous slice.
+    PerHead(Vec<Tensor<2>>),
+    /// On a GPU: `[slots, kv_heads, head_dim]`, vLLM's layout, which the paged-attention kernel
+    /// reads for every head of a layer in one launch.
+    #[cfg(feature = "wgpu")]
+    Interleaved(Box<Tensor<3>>),
+}
+
+impl Slots {
+    fn zeroed(config: &ModelConfig, slots: usize, device: &Device) -> Self {
+        #[cfg(feature = "wgpu")]
+        if gpu::runs_on(device) {
+            let shape = [slots, config.num_kv_heads, config.head_dim];
+            return Self::Interleaved(Box::new(Tensor::zeros(shape, device)));
+        }
+        Self::PerHead(
+            (0..config.num_kv_heads)
+                .map(|_| Tensor::zeros([slots, config.head_dim], device))
+                .collect(),
+        )
+    }
+
+    /// Write `rows` (`[rows, kv_heads, head_dim]`) into `slots`, in place.
+    fn write(&mut self, slots: &Tensor<1, Int>, rows: Tensor<3>) {
+        match self {
+            Self::PerHead(matrices) => {
+                for (head, matrix) in matrices.iter_mut().enumerate() {
+                    in_place(matrix, |whole| {
+                        let rows = head_of(&rows, head);
+                        whole.select_assign(0, slots.clone(), rows, IndexingUpdateOp::Assign)
+                    });
+                }
+            }
+            #[cfg(feature = "wgpu")]
+            Self::Interleaved(tensor) => in_place(tensor, |whole| {
+                whole.select_assign(0, slots.clone(), rows, IndexingUpdateOp::Assign)
+            }),
+        }
+    }
+}
+
+/// Replace `tensor` by `update` of it, taking it rather than cloning it, so that it is the only
+/// handle on its memory and the backend updates it in place.
+fn in_place<const D: usize>(tensor: &mut Tensor<D>, update: impl FnOnce(Tensor<D>) -> Tensor<D>) {
+    let placeholder = Tensor::empty([0; D], &tensor.device());
+    let whole = std::mem::replace(tensor, placeholder);
+    *tensor = update(whole);
 }
 
 impl PagedKvCache {
@@ -26,54 +79,14 @@ impl PagedKvCache {
         block_size: usize,
         device: &Device,
     ) -> Self {
-        let shape = [num_blocks * block_size, config.head_dim];
-        let zeros = || {
-            (0..config.num_layers)
-                .map(|_| {
-                    (0..config.num_kv_heads)
-                        .map(|_| Tensor::<2>::zeros(shape, device))
-                        .collect()
-                })
-                .collect()
+        let layers = || {
+            (0..config.num_layers).map(|_| Slots::zeroed(config, num_blocks * block_size, device))
         };
         Self {
-            keys: zeros(),
-            values: zeros(),
+            keys: layers().collect(),
+            values: layers().collect(),
             block_size,
         }
-    }
-
-    /// Write `rows` (`[rows, kv_heads, head_dim]`) into `slots` of one layer's keys or values, in
-    /// place, and return handles on the layer's whole matrices for the step's reads.
-    fn write(
-        &mut self,
-        half: Half,
-        layer: usize,
-        slots: &Tensor<1, Int>,
-        rows: Tensor<3>,
-    ) -> Vec<Tensor<2>> {
-        let matrices = match half {
-            Half::Keys => &mut self.keys[layer],
-            Half::Values => &mut self.values[layer],
-        };
-        let head_dim = rows.dims()[2];
-        matrices
-            .iter_mut()
-            .enumerate()
-            .map(|(head, matrix)| {
-                // Taken, not cloned, so it is the only handle on its memory and the backend
-                // writes the step's slots in place.
-                let placeholder = Tensor::empty([0, head_dim], &rows.device());
-                let whole = std::mem::replace(matrix, placeholder);
-                *matrix = whole.select_assign(
-                    0,
-                    slots.clone(),
-                    head_of(&rows, head),
-                    IndexingUpdateOp::Assign,
-                );
-                matrix.clone()
-            })
-            .collect()
     }
 
     /// The slot of absolute position `position` of a request with this block table.
@@ -112,13 +125,6 @@ impl PagedKvCache {
     }
 }
 
-/// Which of a layer's two cache tensors.
-#[derive(Clone, Copy)]
-enum Half {
-    Keys,
-    Values,
-}
-
 /// One request's part of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchRequest {
@@ -144,113 +150,7 @@ fn indices(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
 }
 
-/// The single-token entries of a step (decodes, and one-token chunks).
-enum SingleRows {
-    /// On the CPU: each entry's own slots, read from the cache in place.
-    InPlace(Vec<SingleQuery>),
-    /// Elsewhere: attended together in one batched attention per layer.
-    Padded(Box<PaddedSingles>),
-}
-
-/// Single-token entries attended together over their block tables padded to the longest.
-struct PaddedSingles {
-    /// Each entry's row in the step.
-    rows: Tensor<1, Int>,
-    /// Each entry's slots, padded to `width` blocks, entry after entry.
-    runs: Vec<Range<usize>>,
-    count: usize,
-    width: usize,
-    /// The slots each entry must not see: its padding past its context
-    /// (`[count, group, width × block_size]`, the same for every key/value head); none when
-    /// nothing is padded.
-    hidden: Option<Tensor<3, Bool>>,
-}
-
-impl PaddedSingles {
-    fn new(
-        singles: &[(usize, usize, &BatchRequest)],
-        cache: &PagedKvCache,
-        config: &ModelConfig,
-        device: &Device,
-    ) -> Self {
-        let count = singles.len();
-        let width = singles
-            .iter()
-            .map(|&(_, context, _)| cache.blocks_for(context))
-            .max()
-            .unwrap_or(0);
-        let padded_context = width * cache.block_size;
-        let mut runs = Vec::new();
-        for &(_, context, request) in singles {
-            let used = cache.blocks_for(context);
-            cache.runs(&request.block_table, used, &mut runs);
-            // Padding reads any slots: it is masked.
-            if used < width {
-                runs.push(0..(width - used) * cache.block_size);
-            }
-        }
-        let padded = singles
-            .iter()
-            .any(|&(_, context, _)| context < padded_context);
-        let hidden = padded.then(|| {
-            let group = config.num_heads / config.num_kv_heads;
-            let shape = [count, group, padded_context];
-            let contexts: Vec<i64> = singles.iter().map(|&(_, c, _)| c as i64).collect();
-            let contexts = Tensor::<1, Int>::from_data(TensorData::new(contexts, [count]), device)
-                .reshape([count, 1, 1])
-                .expand(shape);
-            Tensor::<1, Int>::arange(0..padded_context as i64, device)
-                .reshape([1, 1, padded_context])
-                .expand(shape)
-                .greater_equal(contexts)
-        });
-        Self {
-            rows: indices(
-                singles.iter().map(|&(row, _, _)| row as i64).collect(),
-                device,
-            ),
-            runs,
-            count,
-            width,
-            hidden,
-        }
-    }
-
-    /// One layer's attention of these entries' rows of `q` (`[rows, heads, head_dim]`).
-    fn attend(
-        &self,
-        q: &Tensor<3>,
-        keys: &[Tensor<2>],
-        values: &[Tensor<2>],
-        block_size: usize,
-        config: &ModelConfig,
-    ) -> Tensor<2> {
-        let [_, heads, head_dim] = q.dims();
-        let group = heads / keys.len();
-        let (count, width) = (self.count, self.width);
-        let per_entry = |matrix: &Tensor<2>| {
-            PagedKvCache::gather(matrix, &self.runs).reshape([count, width * block_size, head_dim])
-        };
-        let q = q.clone().select(0, self.rows.clone());
-        let per_head: Vec<Tensor<3>> = keys
-            .iter()
-            .zip(values)
-            .enumerate()
-            .map(|(head, (k, v))| {
-                grouped_attention(
-                    q.clone().narrow(1, head * group, group),
-                    per_entry(k),
-                    per_entry(v),
-                    self.hidden.clone(),
-                    config,
-                )
-            })
-            .collect();
-        Tensor::cat(per_head, 1).reshape([count, heads * head_dim])
-    }
-}
-
-/// A multi-token entry (a prefill chunk), attended on its own.
+/// A multi-token entry (a prefill chunk) on the CPU, attended on its own.
 struct Chunk {
     /// Its first row in the step.
     offset: usize,
@@ -261,45 +161,42 @@ struct Chunk {
     hidden: Option<Tensor<2, Bool>>,
 }
 
-/// What a step reads and writes of the cache, prepared once for all layers: the cost is in the
-/// step's new tokens and its requests' block counts, never in the cache's size.
-struct StepPlan {
-    /// The rotary tables of the step's rows, at their absolute positions.
-    rotary: Rotary,
-    /// The slot each new row's key and value is written to.
-    slots: Tensor<1, Int>,
-    singles: Option<SingleRows>,
+/// How a step's rows read the cache on the CPU: single-token entries (decodes, one-token chunks)
+/// over their own slots where they lie, each chunk through burn's ops over its gathered context.
+struct CpuReads {
+    singles: Vec<SingleQuery>,
     chunks: Vec<Chunk>,
     /// Row `i` of the step is row `order[i]` of the single rows followed by the chunks' rows;
     /// none when that is already the step's order.
     order: Option<Tensor<1, Int>>,
 }
 
-impl StepPlan {
+impl CpuReads {
     fn new(
         batch: &PagedBatch,
         cache: &PagedKvCache,
         config: &ModelConfig,
         device: &Device,
     ) -> Self {
-        let mut positions = Vec::new();
-        let mut slots = Vec::new();
         let mut singles = Vec::new();
         let mut chunks = Vec::new();
         let mut offset = 0;
         for request in &batch.requests {
             let rows = request.tokens.len();
             let context = request.start_position + rows;
-            positions.extend(request.start_position..context);
-            slots.extend(
-                (request.start_position..context).map(|p| cache.slot(&request.block_table, p)),
-            );
+            let blocks = cache.blocks_for(context);
+            let mut runs = Vec::new();
+            cache.runs(&request.block_table, blocks, &mut runs);
             if rows == 1 {
-                singles.push((offset, context, request));
+                // The last block's slots past the context are not the entry's.
+                if let Some(last) = runs.last_mut() {
+                    last.end -= blocks * cache.block_size - context;
+                }
+                singles.push(SingleQuery {
+                    row: offset,
+                    slots: runs,
+                });
             } else {
-                let count = cache.blocks_for(context);
-                let mut runs = Vec::new();
-                cache.runs(&request.block_table, count, &mut runs);
                 chunks.push(Chunk {
                     offset,
                     rows,
@@ -307,7 +204,7 @@ impl StepPlan {
                     hidden: chunk_mask(
                         request.start_position,
                         rows,
-                        count * cache.block_size,
+                        blocks * cache.block_size,
                         config,
                         device,
                     ),
@@ -317,8 +214,8 @@ impl StepPlan {
         }
         // Where each step row lands in [single rows…, chunk rows…].
         let mut destination = vec![0i64; offset];
-        for (index, &(row, _, _)) in singles.iter().enumerate() {
-            destination[row] = index as i64;
+        for (index, single) in singles.iter().enumerate() {
+            destination[single.row] = index as i64;
         }
         let mut next = singles.len() as i64;
         for chunk in &chunks {
@@ -328,32 +225,7 @@ impl StepPlan {
             }
         }
         let in_order = destination.iter().enumerate().all(|(i, &d)| d == i as i64);
-        let singles = if singles.is_empty() {
-            None
-        } else if cpu::runs_on(device) {
-            Some(SingleRows::InPlace(
-                singles
-                    .iter()
-                    .map(|&(row, context, request)| {
-                        let blocks = cache.blocks_for(context);
-                        let mut slots = Vec::new();
-                        cache.runs(&request.block_table, blocks, &mut slots);
-                        // The last block's slots past the context are not the entry's.
-                        if let Some(last) = slots.last_mut() {
-                            last.end -= blocks * cache.block_size - context;
-                        }
-                        SingleQuery { row, slots }
-                    })
-                    .collect(),
-            ))
-        } else {
-            Some(SingleRows::Padded(Box::new(PaddedSingles::new(
-                &singles, cache, config, device,
-            ))))
-        };
         Self {
-            rotary: Rotary::new(&positions, config, device),
-            slots: indices(slots, device),
             singles,
             chunks,
             order: (!in_order).then(|| indices(destination, device)),
@@ -368,19 +240,14 @@ impl StepPlan {
         q: Tensor<3>,
         keys: &[Tensor<2>],
         values: &[Tensor<2>],
-        block_size: usize,
         config: &ModelConfig,
     ) -> Tensor<2> {
         let mut outputs = Vec::with_capacity(1 + self.chunks.len());
-        match &self.singles {
-            Some(SingleRows::InPlace(entries)) => outputs.push(
-                cpu::single_query_attention(&q, keys, values, entries)
+        if !self.singles.is_empty() {
+            outputs.push(
+                cpu::single_query_attention(&q, keys, values, &self.singles)
                     .expect("a CPU plan's tensors are on the CPU and its slots inside the cache"),
-            ),
-            Some(SingleRows::Padded(singles)) => {
-                outputs.push(singles.attend(&q, keys, values, block_size, config));
-            }
-            None => {}
+            );
         }
         for chunk in &self.chunks {
             let context = |matrices: &[Tensor<2>]| {
@@ -405,6 +272,77 @@ impl StepPlan {
     }
 }
 
+/// How a step's rows read the cache, by the cache's layout.
+enum Reads {
+    Cpu(Box<CpuReads>),
+    /// One paged-attention kernel launch per layer.
+    #[cfg(feature = "wgpu")]
+    Kernel(Box<gpu::PagedRows>),
+}
+
+/// What a step reads and writes of the cache, prepared once for all layers: the cost is in the
+/// step's new tokens and its requests' block counts, never in the cache's size.
+struct StepPlan {
+    /// The rotary tables of the step's rows, at their absolute positions.
+    rotary: Rotary,
+    /// The slot each new row's key and value is written to.
+    slots: Tensor<1, Int>,
+    reads: Reads,
+}
+
+impl StepPlan {
+    fn new(
+        batch: &PagedBatch,
+        cache: &PagedKvCache,
+        config: &ModelConfig,
+        device: &Device,
+    ) -> Self {
+        let mut positions = Vec::new();
+        let mut slots = Vec::new();
+        for request in &batch.requests {
+            let range = request.start_position..request.start_position + request.tokens.len();
+            positions.extend(range.clone());
+            slots.extend(range.map(|p| cache.slot(&request.block_table, p)));
+        }
+        let reads = match cache.keys.first() {
+            #[cfg(feature = "wgpu")]
+            Some(Slots::Interleaved(_)) => Reads::Kernel(Box::new(gpu::PagedRows::new(
+                &batch.requests,
+                cache.block_size,
+                device,
+            ))),
+            _ => Reads::Cpu(Box::new(CpuReads::new(batch, cache, config, device))),
+        };
+        Self {
+            rotary: Rotary::new(&positions, config, device),
+            slots: indices(slots, device),
+            reads,
+        }
+    }
+
+    /// One layer's attention for the whole step over that layer's `keys` and `values`, already
+    /// holding this step's rows; `q` is `[rows, heads, head_dim]`.
+    fn attend(
+        &self,
+        q: Tensor<3>,
+        keys: &Slots,
+        values: &Slots,
+        config: &ModelConfig,
+    ) -> Tensor<2> {
+        match (&self.reads, keys, values) {
+            (Reads::Cpu(reads), Slots::PerHead(keys), Slots::PerHead(values)) => {
+                reads.attend(q, keys, values, config)
+            }
+            #[cfg(feature = "wgpu")]
+            (Reads::Kernel(rows), Slots::Interleaved(keys), Slots::Interleaved(values)) => {
+                rows.attend(q, keys, values)
+            }
+            #[cfg(feature = "wgpu")]
+            _ => unreachable!("a step's reads are planned for its cache's layout"),
+        }
+    }
+}
+
 pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCache) -> Tensor<2> {
     let device = model.device().clone();
     if batch.requests.is_empty() {
@@ -419,9 +357,9 @@ pub(super) fn forward(model: &Model, batch: &PagedBatch, cache: &mut PagedKvCach
     let mut hidden = model.embed(&tokens);
     for (index, layer) in model.weights.layers.iter().enumerate() {
         hidden = layer.forward(hidden, &plan.rotary, &model.config, |q, k, v| {
-            let keys = cache.write(Half::Keys, index, &plan.slots, k);
-            let values = cache.write(Half::Values, index, &plan.slots, v);
-            plan.attend(q, &keys, &values, cache.block_size, &model.config)
+            cache.keys[index].write(&plan.slots, k);
+            cache.values[index].write(&plan.slots, v);
+            plan.attend(q, &cache.keys[index], &cache.values[index], &model.config)
         });
     }
     let mut offset = 0;

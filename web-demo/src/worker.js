@@ -41,8 +41,18 @@ async function run({ id, type, policy, spec }) {
   postMessage({ type: 'result', id, policy, result, elapsedMs: performance.now() - started });
 }
 
+/** The model runner's self-check on WebGPU: the paged forward against the dense one. */
+async function checkModel({ id }) {
+  await ready;
+  postMessage({ type: 'model-check', id, result: JSON.parse(await waypoint.check_model()) });
+}
+
 onmessage = async ({ data }) => {
   try {
+    if (data.type === 'model-check') {
+      await checkModel(data);
+      return;
+    }
     if (data.type !== 'simulate' && data.type !== 'live') throw new Error(`unknown request ${data.type}`);
     await run(data);
   } catch (error) {

@@ -199,6 +199,24 @@ test('live mode generates tokens with the tiny model on WebGPU, the component de
   assert.deepEqual(problems, []);
 });
 
+test('the paged-attention kernel on WebGPU matches the dense forward', async () => {
+  const { page: tab, problems } = await page();
+  // A worker of the page's own script, beside the one the page runs.
+  const check = await tab.evaluate(() => new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('src/worker.js', document.baseURI), { type: 'module' });
+    worker.onmessage = ({ data }) => {
+      worker.terminate();
+      if (data.type === 'model-check') resolve(data.result);
+      else reject(new Error(data.message));
+    };
+    worker.onerror = (event) => reject(new Error(event.message));
+    worker.postMessage({ type: 'model-check', id: 0 });
+  }));
+  assert.equal(check.rows, 4);
+  assert.ok(check.max_relative_error < 1e-4, `relative error ${check.max_relative_error}`);
+  assert.deepEqual(problems, []);
+});
+
 test('bad settings and a file that is no journey log get clear errors, and the page keeps working', async () => {
   const { page: tab } = await page();
   await tab.getByTestId('mode-select').selectOption('simulate');

@@ -67,6 +67,14 @@ pub async fn live(
     Ok(serde_json::to_string(&result)?)
 }
 
+/// The page's check of its model runner on WebGPU: the paged forward (the paged-attention
+/// kernel) against the dense reference. Returns a [`live::ModelCheck`] as JSON.
+#[wasm_bindgen]
+pub async fn check_model() -> Result<String, JsError> {
+    let check = live::check_model().await?;
+    Ok(serde_json::to_string(&check)?)
+}
+
 fn report_progress(progress: Option<&js_sys::Function>, finished: u64) {
     if let Some(progress) = progress {
         // A throwing progress callback must not stop the run.

@@ -33,6 +33,9 @@ pub enum LiveError {
     /// A step failed.
     #[error(transparent)]
     Step(#[from] StepError),
+    /// WebGPU's results could not be read back.
+    #[error("reading results back from WebGPU: {0}")]
+    Readback(String),
 }
 
 /// What the model did in a live run.
@@ -155,5 +158,78 @@ pub async fn run<B: SchedulerBackend + 'static>(
         journeys,
         steps,
         generated,
+    })
+}
+
+/// How far the paged forward on WebGPU (the paged-attention kernel) is from the dense
+/// reference forward, for the page's self-check.
+#[derive(Debug, Serialize)]
+pub struct ModelCheck {
+    /// Logit rows compared.
+    pub rows: usize,
+    /// The largest difference of a logit from the reference, relative to the reference row's
+    /// largest magnitude.
+    pub max_relative_error: f32,
+}
+
+/// Run the tiny model over the paged cache on WebGPU — a prefill chunk beside a whole prompt,
+/// then the chunk's rest beside a decode, on block tables in no order — and compare every
+/// sampled row with the dense forward of the same sequence.
+pub async fn check_model() -> Result<ModelCheck, LiveError> {
+    use waypoint_model::{rows_async, BatchRequest, PagedBatch, PagedKvCache};
+
+    let model = waypoint_model::tiny(webgpu().await?).model;
+    let device = model.device().clone();
+    let mut cache = PagedKvCache::new(model.config(), 32, 4, &device);
+    let long: Vec<u32> = (0..45).map(|t| (t * 37 + 1) % 256).collect();
+    let short: Vec<u32> = (0..11).map(|t| (t * 13 + 7) % 256).collect();
+    let (long_table, short_table) = (
+        vec![30, 2, 17, 9, 25, 4, 12, 21, 6, 28, 14, 1],
+        vec![19, 8, 27],
+    );
+    let request = |tokens: &[u32], start_position: usize, table: &[u32]| BatchRequest {
+        tokens: tokens.to_vec(),
+        start_position,
+        block_table: table.to_vec(),
+        sample: true,
+    };
+    let first = PagedBatch {
+        requests: vec![
+            request(&long[..20], 0, &long_table),
+            request(&short[..10], 0, &short_table),
+        ],
+    };
+    let second = PagedBatch {
+        requests: vec![
+            request(&short[10..], 10, &short_table),
+            request(&long[20..], 20, &long_table),
+        ],
+    };
+    let read = |logits| async { rows_async(logits).await.map_err(LiveError::Readback) };
+    let mut paged = read(model.forward_paged(&first, &mut cache)).await?;
+    paged.extend(read(model.forward_paged(&second, &mut cache)).await?);
+    let dense_long = read(model.forward_dense(&long)).await?;
+    let dense_short = read(model.forward_dense(&short)).await?;
+    let expected = [
+        &dense_long[19],
+        &dense_short[9],
+        &dense_short[10],
+        &dense_long[44],
+    ];
+    let max_relative_error = paged
+        .iter()
+        .zip(expected)
+        .map(|(actual, expected)| {
+            let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            actual
+                .iter()
+                .zip(expected)
+                .map(|(a, e)| (a - e).abs() / scale)
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max);
+    Ok(ModelCheck {
+        rows: paged.len(),
+        max_relative_error,
     })
 }
