@@ -9,8 +9,10 @@
 //! written.
 
 use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::wgpu::CubeTensor;
 use burn::backend::{DispatchDevice, Wgpu};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::kind::Basic;
+use burn::tensor::{BackendPrimitive, Device, Int, Tensor, TensorData};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::paged::BatchRequest;
@@ -193,23 +195,9 @@ impl PagedRows {
         if rows == 0 {
             return output.reshape([rows, heads * head_dim]);
         }
-        let float = |tensor: Tensor<3>| {
-            tensor
-                .try_into_primitive::<Wgpu>()
-                .expect("a GPU plan's tensors are on the GPU")
-        };
-        let int = |tensor: Tensor<1, Int>| {
-            tensor
-                .try_into_primitive::<Wgpu>()
-                .expect("a GPU plan's tensors are on the GPU")
-        };
-        let queries = float(q);
-        let result = float(output);
-        let tables = self
-            .block_tables
-            .clone()
-            .try_into_primitive::<Wgpu>()
-            .expect("a GPU plan's tensors are on the GPU");
+        let queries = on_gpu(q);
+        let result = on_gpu(output);
+        let tables = on_gpu(self.block_tables.clone());
         let client = queries.client.clone();
         let units = MAX_UNITS
             .min(SHARED_FLOATS / head_dim)
@@ -227,11 +215,11 @@ impl PagedRows {
             count,
             CubeDim::new_1d(units as u32),
             queries.into_tensor_arg(),
-            float(keys.clone()).into_tensor_arg(),
-            float(values.clone()).into_tensor_arg(),
+            on_gpu(keys.clone()).into_tensor_arg(),
+            on_gpu(values.clone()).into_tensor_arg(),
             tables.into_tensor_arg(),
-            int(self.row_requests.clone()).into_tensor_arg(),
-            int(self.row_positions.clone()).into_tensor_arg(),
+            on_gpu(self.row_requests.clone()).into_tensor_arg(),
+            on_gpu(self.row_positions.clone()).into_tensor_arg(),
             result.clone().into_tensor_arg(),
             (head_dim as f32).sqrt().recip(),
             self.block_size as u32,
@@ -241,4 +229,14 @@ impl PagedRows {
         );
         Tensor::<3>::from_primitive::<Wgpu>(result).reshape([rows, heads * head_dim])
     }
+}
+
+/// The CubeCL tensor under `tensor`, which a GPU plan only ever holds.
+fn on_gpu<const D: usize, K>(tensor: Tensor<D, K>) -> CubeTensor
+where
+    K: Basic + BackendPrimitive<Wgpu, Primitive = CubeTensor>,
+{
+    tensor
+        .try_into_primitive::<Wgpu>()
+        .expect("a GPU plan's tensors are on the GPU")
 }
