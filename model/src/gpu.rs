@@ -153,28 +153,31 @@ pub(crate) struct PagedRows {
 }
 
 impl PagedRows {
-    pub(crate) fn new(requests: &[BatchRequest], block_size: usize, device: &Device) -> Self {
-        let width = requests
-            .iter()
-            .map(|r| (r.start_position + r.tokens.len()).div_ceil(block_size))
-            .max()
-            .unwrap_or(0)
-            .max(1);
+    /// The kernel's view of a step whose rows are at absolute `positions`, request after
+    /// request.
+    pub(crate) fn new(
+        requests: &[BatchRequest],
+        positions: &[usize],
+        block_size: usize,
+        device: &Device,
+    ) -> Self {
+        let blocks = |request: &BatchRequest| {
+            (request.start_position + request.tokens.len()).div_ceil(block_size)
+        };
+        let width = requests.iter().map(blocks).max().unwrap_or(0).max(1);
         let mut tables = vec![0i64; requests.len() * width];
-        let (mut row_requests, mut row_positions) = (Vec::new(), Vec::new());
+        let mut row_requests = Vec::with_capacity(positions.len());
         for (index, request) in requests.iter().enumerate() {
-            let context = request.start_position + request.tokens.len();
-            let used = context.div_ceil(block_size);
             for (slot, &block) in tables[index * width..]
                 .iter_mut()
-                .zip(&request.block_table[..used])
+                .zip(&request.block_table[..blocks(request)])
             {
                 *slot = i64::from(block);
             }
             row_requests.extend(std::iter::repeat_n(index as i64, request.tokens.len()));
-            row_positions.extend((request.start_position..context).map(|p| p as i64));
         }
-        let rows = row_positions.len();
+        let rows = positions.len();
+        let row_positions: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         Self {
             block_tables: Tensor::from_data(
                 TensorData::new(tables, [requests.len(), width]),

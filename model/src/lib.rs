@@ -314,6 +314,20 @@ pub async fn rows_async(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, String> {
     Ok(split_rows(data, count, width))
 }
 
+/// How far `actual` logits are from `expected`: the largest absolute difference, relative to the
+/// largest expected magnitude; infinite when the rows differ in length.
+pub fn max_relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    if actual.len() != expected.len() {
+        return f32::INFINITY;
+    }
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs() / scale)
+        .fold(0.0, f32::max)
+}
+
 fn split_rows(data: TensorData, count: usize, width: usize) -> Vec<Vec<f32>> {
     let values: Vec<f32> = data.try_to_vec::<f32>().unwrap_or_default();
     (0..count)

@@ -308,6 +308,7 @@ impl StepPlan {
             #[cfg(feature = "wgpu")]
             Some(Slots::Interleaved(_)) => Reads::Kernel(Box::new(gpu::PagedRows::new(
                 &batch.requests,
+                &positions,
                 cache.block_size,
                 device,
             ))),

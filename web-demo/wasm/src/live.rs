@@ -219,14 +219,7 @@ pub async fn check_model() -> Result<ModelCheck, LiveError> {
     let max_relative_error = paged
         .iter()
         .zip(expected)
-        .map(|(actual, expected)| {
-            let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            actual
-                .iter()
-                .zip(expected)
-                .map(|(a, e)| (a - e).abs() / scale)
-                .fold(0.0, f32::max)
-        })
+        .map(|(actual, expected)| waypoint_model::max_relative_error(actual, expected))
         .fold(0.0, f32::max);
     Ok(ModelCheck {
         rows: paged.len(),
