@@ -8,6 +8,7 @@
 //! lying component can neither panic the host nor steer the model runner outside the cache.
 
 use rustc_hash::FxHashMap;
+use slab::Slab;
 use waypoint_scheduler::kv::KvEvent;
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
@@ -64,6 +65,7 @@ pub trait Transport {
 /// What the host knows of one request inside the component.
 #[derive(Clone, Debug)]
 struct Live {
+    handle: RequestHandle,
     id: RequestId,
     /// Prompt and generated tokens.
     known_tokens: u32,
@@ -77,14 +79,19 @@ struct Live {
 
 /// The host's view of the live requests, built from what it sent and what the checked results
 /// said, and the step in flight.
+///
+/// Records sit in a slab, and the step in flight keeps each entry's slot: a batch usually names
+/// the requests of the batch before in the same order, so its checks read the slab in order
+/// instead of hashing every handle.
 #[derive(Debug, Default)]
 struct Mirror {
-    by_handle: FxHashMap<RequestHandle, Live>,
+    live: Slab<Live>,
+    by_handle: FxHashMap<RequestHandle, usize>,
     by_id: FxHashMap<RequestId, RequestHandle>,
     /// Requests not finished.
     unfinished: usize,
-    /// The in-flight step's handles, in batch order.
-    in_flight: Vec<RequestHandle>,
+    /// The in-flight step's handles, in batch order, with their slots in `live`.
+    in_flight: Vec<(RequestHandle, usize)>,
     /// Counts `schedule` calls; stamps scheduled entries.
     stamp: u64,
 }
@@ -94,18 +101,28 @@ impl Mirror {
         *self = Self::default();
     }
 
-    fn insert(&mut self, handle: RequestHandle, live: Live) {
+    fn contains(&self, handle: RequestHandle) -> bool {
+        self.by_handle.contains_key(&handle)
+    }
+
+    fn insert(&mut self, live: Live) {
         self.unfinished += usize::from(!live.finished);
+        let handle = live.handle;
         self.by_id.insert(live.id.clone(), handle);
-        self.by_handle.insert(handle, live);
+        let slot = self.live.insert(live);
+        if let Some(replaced) = self.by_handle.insert(handle, slot) {
+            self.live.remove(replaced);
+        }
     }
 
     fn remove(&mut self, handle: RequestHandle) {
-        if let Some(live) = self.by_handle.remove(&handle) {
-            self.unfinished -= usize::from(!live.finished);
-            if self.by_id.get(&live.id) == Some(&handle) {
-                self.by_id.remove(&live.id);
-            }
+        let Some(slot) = self.by_handle.remove(&handle) else {
+            return;
+        };
+        let live = self.live.remove(slot);
+        self.unfinished -= usize::from(!live.finished);
+        if self.by_id.get(&live.id) == Some(&handle) {
+            self.by_id.remove(&live.id);
         }
     }
 
@@ -116,38 +133,44 @@ impl Mirror {
         }
     }
 
+    /// The slot of `handle`: `hint` when it holds that handle, else the index's.
+    fn slot(&self, handle: RequestHandle, hint: Option<usize>) -> Option<usize> {
+        hint.filter(|&slot| {
+            self.live
+                .get(slot)
+                .is_some_and(|live| live.handle == handle)
+        })
+        .or_else(|| self.by_handle.get(&handle).copied())
+    }
+
     fn unfinished_id(&self, id: &str) -> bool {
         self.by_id
             .get(id)
-            .and_then(|handle| self.by_handle.get(handle))
-            .is_some_and(|live| !live.finished)
+            .and_then(|&handle| self.slot(handle, None))
+            .is_some_and(|slot| !self.live[slot].finished)
     }
 
-    /// The unfinished request with this id.
-    fn unfinished_by_id<'a>(
-        by_id: &FxHashMap<RequestId, RequestHandle>,
-        by_handle: &'a mut FxHashMap<RequestHandle, Live>,
-        call: Call,
-        id: &str,
-    ) -> Result<&'a mut Live, ContractViolation> {
-        by_id
+    /// The slot of the unfinished request with this id.
+    fn unfinished_by_id(&self, call: Call, id: &str) -> Result<usize, ContractViolation> {
+        self.by_id
             .get(id)
-            .and_then(|handle| by_handle.get_mut(handle))
-            .filter(|live| !live.finished)
+            .and_then(|&handle| self.slot(handle, None))
+            .filter(|&slot| !self.live[slot].finished)
             .ok_or_else(|| ContractViolation::UnknownRequestId {
                 call,
                 id: id.to_string(),
             })
     }
 
-    fn unfinished_mut(
-        by_handle: &mut FxHashMap<RequestHandle, Live>,
+    /// The slot of the unfinished request with this handle.
+    fn unfinished(
+        &self,
         call: Call,
         handle: RequestHandle,
-    ) -> Result<&mut Live, ContractViolation> {
-        by_handle
-            .get_mut(&handle)
-            .filter(|live| !live.finished)
+        hint: Option<usize>,
+    ) -> Result<usize, ContractViolation> {
+        self.slot(handle, hint)
+            .filter(|&slot| !self.live[slot].finished)
             .ok_or(ContractViolation::UnknownHandle { call, handle })
     }
 
@@ -158,10 +181,10 @@ impl Mirror {
         reference: &RequestRef,
     ) -> Result<&mut Live, ContractViolation> {
         let handle = reference.handle;
-        let live = self
-            .by_handle
-            .get_mut(&handle)
+        let slot = self
+            .slot(handle, None)
             .ok_or(ContractViolation::UnknownHandle { call, handle })?;
+        let live = &mut self.live[slot];
         if live.id != reference.id {
             return Err(ContractViolation::MismatchedReference {
                 call,
@@ -217,15 +240,23 @@ impl Mirror {
         }
         let mut sum: u64 = 0;
         self.stamp += 1;
-        for entry in batch.entries() {
+        let mut in_flight = Vec::with_capacity(count);
+        for (position, entry) in batch.entries().enumerate() {
             let handle = entry.handle;
-            let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
+            let hint = self
+                .in_flight
+                .get(position)
+                .filter(|&&(previous, _)| previous == handle)
+                .map(|&(_, slot)| slot);
+            let slot = self.unfinished(CALL, handle, hint)?;
+            let live = &mut self.live[slot];
             if live.scheduled_stamp == self.stamp {
                 return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
             }
             live.scheduled_stamp = self.stamp;
             check_entry(live, &entry, config)?;
             sum += u64::from(entry.num_scheduled_tokens);
+            in_flight.push((handle, slot));
         }
         if sum > u64::from(config.max_num_batched_tokens) {
             return Err(ContractViolation::OverTokenBudget {
@@ -247,7 +278,7 @@ impl Mirror {
         for reference in &output.finished {
             self.remove(reference.handle);
         }
-        self.in_flight.clone_from(&batch.handles);
+        self.in_flight = in_flight;
         Ok(())
     }
 
@@ -278,12 +309,14 @@ impl Mirror {
         }
         let mut cursor = 0;
         for (&handle, &token_id) in outputs.handles.iter().zip(&outputs.token_ids) {
-            let live = Self::unfinished_mut(&mut self.by_handle, CALL, handle)?;
             // Outputs follow the batch's order, skipping requests finished in between.
             let sampled = self.in_flight[cursor..]
                 .iter()
-                .position(|&entry| entry == handle)
+                .position(|&(entry, _)| entry == handle)
                 .map(|offset| cursor + offset);
+            let hint = sampled.map(|position| self.in_flight[position].1);
+            let slot = self.unfinished(CALL, handle, hint)?;
+            let live = &mut self.live[slot];
             let given_token = sampled.and_then(|position| given.sampled_token_ids.get(position));
             if given_token.copied().flatten() != Some(token_id) {
                 return Err(ContractViolation::UnsampledOutput {
@@ -296,8 +329,8 @@ impl Mirror {
         }
         for finish in &outputs.finishes {
             let handle = outputs.handles[finish.index as usize];
-            if let Some(live) = self.by_handle.get_mut(&handle) {
-                Self::mark_finished(live, &mut self.unfinished);
+            if let Some(slot) = self.slot(handle, None) {
+                Self::mark_finished(&mut self.live[slot], &mut self.unfinished);
             }
         }
         self.check_events(CALL, &outputs.journey_events)
@@ -314,8 +347,8 @@ impl Mirror {
                 return Err(ContractViolation::UnaskedFinish { id: id.to_string() });
             }
             let call = Call::FinishRequests;
-            let live = Self::unfinished_by_id(&self.by_id, &mut self.by_handle, call, id)?;
-            Self::mark_finished(live, &mut self.unfinished);
+            let slot = self.unfinished_by_id(call, id)?;
+            Self::mark_finished(&mut self.live[slot], &mut self.unfinished);
         }
         self.check_events(Call::FinishRequests, &outcome.journey_events)
     }
@@ -328,7 +361,8 @@ impl Mirror {
     ) -> Result<(), ContractViolation> {
         const CALL: Call = Call::ResetPrefixCache;
         for id in &outcome.preempted_ids {
-            Self::unfinished_by_id(&self.by_id, &mut self.by_handle, CALL, id)?.blocks = 0;
+            let slot = self.unfinished_by_id(CALL, id)?;
+            self.live[slot].blocks = 0;
         }
         self.check_events(CALL, &outcome.journey_events)?;
         check_kv_events(CALL, &outcome.kv_events, config, outcome.reset)
@@ -338,20 +372,20 @@ impl Mirror {
     fn rebuild(&mut self, requests: Vec<LiveRequest>) -> Result<(), ContractViolation> {
         self.clear();
         for request in requests {
-            if self.by_handle.contains_key(&request.handle) {
+            if self.contains(request.handle) {
                 return Err(ContractViolation::RepeatedHandle {
                     call: Call::LiveRequests,
                     handle: request.handle,
                 });
             }
-            let live = Live {
+            self.insert(Live {
+                handle: request.handle,
                 id: request.request_id,
                 known_tokens: request.num_tokens,
                 blocks: request.num_blocks,
                 finished: request.finished,
                 scheduled_stamp: 0,
-            };
-            self.insert(request.handle, live);
+            });
         }
         Ok(())
     }
@@ -397,8 +431,6 @@ impl Mirror {
     }
 }
 
-/// One entry's range, blocks and sampling against what the host knows of its request; the
-/// request's block count follows the entry.
 /// KV events within what one call can do to the configured cache: none with events off; each
 /// stored block with `block_size` tokens; no more blocks stored, or removed, than the cache
 /// holds; a clear only from a reset that cleared.
@@ -447,6 +479,8 @@ fn check_kv_events(
     Ok(())
 }
 
+/// One entry's range, blocks and sampling against what the host knows of its request; the
+/// request's block count follows the entry.
 fn check_entry(
     live: &mut Live,
     entry: &ScheduledEntry<'_>,
@@ -482,11 +516,12 @@ fn check_entry(
             known: live.known_tokens,
         });
     }
-    let needed = end.div_ceil(u64::from(config.block_size));
-    if needed > u64::from(live.blocks) {
+    // Compared by multiplying: a division per entry showed in the component's step time.
+    let block_size = u64::from(config.block_size);
+    if end > u64::from(live.blocks) * block_size {
         return Err(ContractViolation::TooFewBlocks {
             id: live.id.to_string(),
-            needed: u32::try_from(needed).unwrap_or(u32::MAX),
+            needed: u32::try_from(end.div_ceil(block_size)).unwrap_or(u32::MAX),
             have: live.blocks,
         });
     }
@@ -566,6 +601,7 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
         }
         let added = self.call(|transport| transport.add_request(&request, now_ns))?;
         let live = Live {
+            handle: added.handle,
             id: request.id.as_str().into(),
             known_tokens: u32::try_from(
                 request.prompt_token_ids.len()
@@ -579,12 +615,12 @@ impl<T: Transport> SchedulerBackend for ComponentBackend<T> {
             finished: false,
             scheduled_stamp: 0,
         };
-        if self.mirror.by_handle.contains_key(&added.handle) {
+        if self.mirror.contains(added.handle) {
             return self.checked(Err(ContractViolation::HandleReused {
                 handle: added.handle,
             }));
         }
-        self.mirror.insert(added.handle, live);
+        self.mirror.insert(live);
         let events = self
             .mirror
             .check_events(Call::AddRequest, &added.journey_events);

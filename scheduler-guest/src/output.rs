@@ -149,6 +149,7 @@ impl ScheduledBatch {
 
     /// Append an entry: a running request given no new blocks, unless
     /// [`Self::set_last_detail`] says otherwise.
+    #[inline]
     pub fn push(
         &mut self,
         handle: RequestHandle,

@@ -322,15 +322,22 @@ impl Request {
     }
 
     /// Append one generated token (and the hash of a block it fills).
+    #[inline]
     pub(crate) fn append_output_token(&mut self, token: u32, hash_block_size: Option<u32>) {
         self.token_ids.push(token);
-        if let Some(block_size) = hash_block_size {
+        let Some(block_size) = hash_block_size else {
+            return;
+        };
+        // One token in `block_size` fills a block; the others skip the call and its division.
+        let next_full = (self.block_hashes.len() as u64 + 1) * u64::from(block_size);
+        if self.token_ids.len() as u64 >= next_full {
             self.update_block_hashes(block_size);
         }
     }
 
     /// The stop check after a token was appended: EOS and stop tokens (both held back until
     /// `min_tokens` is reached), then `max_tokens` and `max_model_len`.
+    #[inline]
     pub(crate) fn check_stop(&mut self, max_model_len: u32) -> Option<FinishStatus> {
         let last = *self.token_ids.last()?;
         if self.num_output_tokens() >= self.min_tokens {

@@ -65,6 +65,20 @@ pub(crate) struct InFlight {
     pub(crate) entries: Vec<(ReqIdx, bool)>,
 }
 
+/// The step `schedule` is deciding, as it grows.
+struct StepDraft {
+    step: u64,
+    now_ns: u64,
+    /// Whether only one request exists (the prefill cap does not apply then).
+    single_request: bool,
+    /// Tokens left to schedule.
+    budget: u32,
+    batch: ScheduledBatch,
+    /// The batch's requests, in batch order.
+    scheduled: Vec<ReqIdx>,
+    journey_events: Vec<JourneyEvent>,
+}
+
 /// The scheduler state machine. See the module docs for the calling protocol.
 pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
@@ -358,23 +372,61 @@ impl Scheduler {
         if let Some(tracer) = &mut self.step_tracer {
             tracer.begin_step(step, &mut step_events);
         }
-        let mut budget = self.config.max_num_batched_tokens;
-        let mut batch = ScheduledBatch::with_capacity(self.running.len());
-        let mut handles: Vec<ReqIdx> = Vec::with_capacity(self.running.len());
-        let mut journey_events = Vec::new();
-        let single_request = self.running.len() + self.waiting.len() == 1;
-        let mut preempted_this_step = false;
+        let mut draft = StepDraft {
+            step,
+            now_ns,
+            single_request: self.running.len() + self.waiting.len() == 1,
+            budget: self.config.max_num_batched_tokens,
+            batch: ScheduledBatch::with_capacity(self.running.len()),
+            scheduled: Vec::with_capacity(self.running.len()),
+            journey_events: Vec::new(),
+        };
+        if !self.schedule_running(&mut draft) {
+            self.admit_waiting(&mut draft);
+        }
+        let mut output = SchedulerOutput {
+            step,
+            total_num_scheduled_tokens: self.config.max_num_batched_tokens - draft.budget,
+            batch: draft.batch,
+            preempted: mem::take(&mut self.preempted_since_schedule),
+            finished: mem::take(&mut self.finished_since_schedule),
+            journey_events: draft.journey_events,
+            step_events,
+            kv_events: self.kv.take_events(),
+        };
+        if self.step_tracer.is_some() {
+            self.trace_step(&mut output, &draft.scheduled, now_ns);
+        }
+        self.advance_scheduled(&output.batch, &draft.scheduled, now_ns);
+        self.in_flight = Some(InFlight {
+            step,
+            entries: draft
+                .scheduled
+                .into_iter()
+                .zip(output.batch.sample.iter().copied())
+                .collect(),
+        });
+        output
+    }
 
+    /// Step 2: running requests get the tokens they still need, preempting when blocks run
+    /// out. Returns whether anything was preempted.
+    ///
+    /// Out of line, as are the steps after it: compiled by Cranelift in a policy component, the
+    /// whole of `schedule` as one function kept this per-request loop's values on the stack.
+    #[inline(never)]
+    fn schedule_running(&mut self, draft: &mut StepDraft) -> bool {
+        let mut preempted = false;
         let mut position = 0;
-        while position < self.running.len() && budget > 0 {
+        while position < self.running.len() && draft.budget > 0 {
             let idx = self.running[position];
             let request = &self.requests[idx];
             let num_new_tokens = self
                 .cap_prefill(
                     request.num_tokens() - request.num_computed_tokens,
-                    single_request,
+                    draft.single_request,
                 )
-                .min(budget);
+                .min(draft.budget);
             if num_new_tokens == 0 {
                 position += 1;
                 continue;
@@ -388,15 +440,15 @@ impl Scheduler {
                 {
                     break Some(blocks);
                 }
-                let victim_position = self.preemption_victim(now_ns);
+                let victim_position = self.preemption_victim(draft.now_ns);
                 let victim = self.running.remove(victim_position);
-                if let Some(undo) = handles.iter().position(|&h| h == victim) {
-                    budget += batch.num_scheduled_tokens[undo];
-                    batch.remove(undo);
-                    handles.remove(undo);
+                if let Some(undo) = draft.scheduled.iter().position(|&h| h == victim) {
+                    draft.budget += draft.batch.num_scheduled_tokens[undo];
+                    draft.batch.remove(undo);
+                    draft.scheduled.remove(undo);
                 }
-                self.preempt(victim, step, now_ns, &mut journey_events);
-                preempted_this_step = true;
+                self.preempt(victim, draft.step, draft.now_ns, &mut draft.journey_events);
+                preempted = true;
                 if victim == idx {
                     break None;
                 }
@@ -408,55 +460,33 @@ impl Scheduler {
                 continue;
             };
             let request = &mut self.requests[idx];
-            request.scheduled_step = step;
+            request.scheduled_step = draft.step;
             request.scheduled_tokens = num_new_tokens;
-            batch.push(
+            draft.batch.push(
                 request.handle,
                 request.num_computed_tokens,
                 num_new_tokens,
                 request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
             );
             if !block_ids.is_empty() {
-                batch.set_last_detail(ScheduledKind::Running, block_ids, Vec::new());
+                draft
+                    .batch
+                    .set_last_detail(ScheduledKind::Running, block_ids, Vec::new());
             }
-            handles.push(idx);
-            budget -= num_new_tokens;
+            draft.scheduled.push(idx);
+            draft.budget -= num_new_tokens;
             position += 1;
         }
+        preempted
+    }
 
-        if !preempted_this_step {
-            self.admit_waiting(
-                step,
-                now_ns,
-                single_request,
-                &mut budget,
-                &mut batch,
-                &mut handles,
-                &mut journey_events,
-            );
-        }
-
-        let output = SchedulerOutput {
-            step,
-            total_num_scheduled_tokens: self.config.max_num_batched_tokens - budget,
-            batch,
-            preempted: mem::take(&mut self.preempted_since_schedule),
-            finished: mem::take(&mut self.finished_since_schedule),
-            journey_events,
-            step_events,
-            kv_events: self.kv.take_events(),
-        };
-        let mut output = output;
-        if self.step_tracer.is_some() {
-            self.trace_step(&mut output, &handles, now_ns);
-        }
-        let mut details = output.batch.details.iter().peekable();
-        for (index, (&num_scheduled, &idx)) in output
-            .batch
-            .num_scheduled_tokens
-            .iter()
-            .zip(&handles)
-            .enumerate()
+    /// Step 4: scheduled requests' computed counts advance; the policy hears of the running
+    /// ones (admissions told it as they happened).
+    #[inline(never)]
+    fn advance_scheduled(&mut self, batch: &ScheduledBatch, scheduled: &[ReqIdx], now_ns: u64) {
+        let mut details = batch.details.iter().peekable();
+        for (index, (&num_scheduled, &idx)) in
+            batch.num_scheduled_tokens.iter().zip(scheduled).enumerate()
         {
             let request = &mut self.requests[idx];
             request.num_computed_tokens += num_scheduled;
@@ -471,27 +501,21 @@ impl Scheduler {
                 }
             }
         }
-        self.in_flight = Some(InFlight {
-            step,
-            entries: handles
-                .into_iter()
-                .zip(output.batch.sample.iter().copied())
-                .collect(),
-        });
-        output
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn admit_waiting(
-        &mut self,
-        step: u64,
-        now_ns: u64,
-        single_request: bool,
-        budget: &mut u32,
-        batch: &mut ScheduledBatch,
-        handles: &mut Vec<ReqIdx>,
-        journey_events: &mut Vec<JourneyEvent>,
-    ) {
+    /// Step 3: waiting requests are admitted in policy order while the budget, `max_num_seqs`
+    /// and the cache allow.
+    #[inline(never)]
+    fn admit_waiting(&mut self, draft: &mut StepDraft) {
+        let StepDraft {
+            step,
+            now_ns,
+            single_request,
+            ref mut budget,
+            ref mut batch,
+            scheduled: ref mut handles,
+            ref mut journey_events,
+        } = *draft;
         while *budget > 0 && self.running.len() < self.config.max_num_seqs as usize {
             let Some(Ticket(idx)) = self.waiting.next() else {
                 break;

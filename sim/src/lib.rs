@@ -201,8 +201,10 @@ impl Run<'_, '_> {
         let output = self.backend.schedule(self.now)?;
         self.journeys(&output.journey_events)?;
         let mut batch = BatchShape::default();
+        let mut sampled = Vec::with_capacity(output.batch.len());
         for entry in output.batch.entries() {
-            let produced = self.live.get(&entry.handle).map_or(0, |l| l.produced);
+            let live = self.live.get(&entry.handle);
+            let produced = live.map_or(0, |l| l.produced);
             let decoding = entry.kind == ScheduledKind::Running
                 && entry.num_scheduled_tokens == 1
                 && produced > 0;
@@ -213,20 +215,13 @@ impl Run<'_, '_> {
             }
             batch.context_tokens +=
                 u64::from(entry.num_computed_tokens + entry.num_scheduled_tokens);
+            sampled.push(
+                entry.sample.then(|| {
+                    live.map_or(EOS, |live| sampled_token(live.produced, live.output_len))
+                }),
+            );
         }
         self.now += self.settings.latency.step_ns(batch);
-        let sampled = output
-            .batch
-            .handles
-            .iter()
-            .zip(&output.batch.sample)
-            .map(|(handle, &sample)| {
-                sample.then(|| {
-                    let live = self.live.get(handle);
-                    live.map_or(EOS, |live| sampled_token(live.produced, live.output_len))
-                })
-            })
-            .collect();
         let engine = self.backend.update_from_output(
             &ModelOutput {
                 sampled_token_ids: sampled,

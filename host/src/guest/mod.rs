@@ -138,6 +138,9 @@ impl GuestRuntime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // Policies are instantiated once per scheduler and make indirect calls every step
+        // (their `Policy` trait objects): filled tables make those calls cheaper.
+        config.table_lazy_init(false);
         // Compiled components are kept in wasmtime's cache (keyed by the component, wasmtime's
         // version and these settings), so a command starts without compiling again. Without a
         // usable cache directory, components are compiled each time.

@@ -182,7 +182,33 @@ impl KvCacheManager {
     ///
     /// With `full_sequence_must_fit`, the blocks for all of the request's tokens must be free
     /// too, not only those for this chunk (vLLM 0.33 admission, `scheduler_reserve_full_isl`).
+    #[inline]
     pub fn allocate_slots(
+        &mut self,
+        request: &mut Request,
+        num_new_tokens: u32,
+        hit: &ComputedBlocks,
+        full_sequence_must_fit: bool,
+    ) -> Option<Vec<u32>> {
+        // Most calls are a decode token that lands in a block the request holds and fills none:
+        // answered here, without a call, since every step makes one per running request.
+        if hit.block_ids.is_empty() && !full_sequence_must_fit {
+            let block_size = u64::from(self.block_size);
+            let scheduled = request.num_computed_tokens + num_new_tokens;
+            let held_slots = request.block_ids.len() as u64 * block_size;
+            let fits = u64::from(scheduled.min(self.max_model_len)) <= held_slots;
+            let fills_no_block = !self.enable_caching
+                || u64::from(scheduled.min(request.num_tokens()))
+                    < (u64::from(request.num_cached_blocks) + 1) * block_size;
+            if fits && fills_no_block {
+                return Some(Vec::new());
+            }
+        }
+        self.allocate_new_slots(request, num_new_tokens, hit, full_sequence_must_fit)
+    }
+
+    /// [`Self::allocate_slots`] for a prefix hit, new blocks or blocks that become full.
+    fn allocate_new_slots(
         &mut self,
         request: &mut Request,
         num_new_tokens: u32,
