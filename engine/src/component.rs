@@ -111,7 +111,8 @@ impl Mirror {
         self.by_id.insert(live.id.clone(), handle);
         let slot = self.live.insert(live);
         if let Some(replaced) = self.by_handle.insert(handle, slot) {
-            self.live.remove(replaced);
+            let replaced = self.live.remove(replaced);
+            self.unfinished -= usize::from(!replaced.finished);
         }
     }
 
