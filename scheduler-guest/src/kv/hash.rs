@@ -109,11 +109,11 @@ mod tests {
             },
         );
         let long: Vec<u32> = (0..200).collect();
-        let spilled = hash_block_tokens(salted, &long, ExtraKeys::default());
+        let long_block = hash_block_tokens(salted, &long, ExtraKeys::default());
         assert_eq!(none_hash().0, 0x659d59869494d6d50eb877183b6e8f22);
         assert_eq!(first.0, 0x01cffb342eeb155f062cd201aff492c7);
         assert_eq!(salted.0, 0xa38a733dd6f4492a694db65b4ca54f9e);
-        assert_eq!(spilled.0, 0x7862ad46ab268bb9abb28184411b6f22);
+        assert_eq!(long_block.0, 0x7862ad46ab268bb9abb28184411b6f22);
     }
 
     /// One-shot hashing of the gathered message gives what streaming the same bytes gives,

@@ -198,8 +198,7 @@ impl KvCacheManager {
             let held_slots = request.block_ids.len() as u64 * block_size;
             let fits = u64::from(scheduled.min(self.max_model_len)) <= held_slots;
             let fills_no_block = !self.enable_caching
-                || u64::from(scheduled.min(request.num_tokens()))
-                    < (u64::from(request.num_cached_blocks) + 1) * block_size;
+                || !self.fills_a_block(request, scheduled.min(request.num_tokens()));
             if fits && fills_no_block {
                 return Some(Vec::new());
             }
@@ -254,6 +253,9 @@ impl KvCacheManager {
     /// table. A block is cached once it is scheduled to be filled: within a step every layer
     /// writes KV before attention reads it.
     fn cache_full_blocks(&mut self, request: &mut Request, num_tokens: u32) {
+        if !self.fills_a_block(request, num_tokens) {
+            return;
+        }
         let num_full = num_tokens / self.block_size;
         let first = request.num_cached_blocks;
         for index in first..num_full {
@@ -261,23 +263,28 @@ impl KvCacheManager {
             let hash = request.block_hashes[index as usize];
             self.pool.cache_block(block, hash);
         }
-        if first < num_full {
-            let block_size = self.block_size as usize;
-            self.pool.record(|| {
-                let hashes = &request.block_hashes[first as usize..num_full as usize];
-                KvEvent::BlockStored(BlockStored {
-                    block_hashes: hashes.iter().copied().map(events::external_hash).collect(),
-                    parent_block_hash: first
-                        .checked_sub(1)
-                        .map(|parent| events::external_hash(request.block_hashes[parent as usize])),
-                    token_ids: request.token_ids
-                        [first as usize * block_size..num_full as usize * block_size]
-                        .to_vec(),
-                    cache_salt: (first == 0).then(|| request.cache_salt.clone()).flatten(),
-                })
-            });
-        }
-        request.num_cached_blocks = request.num_cached_blocks.max(num_full);
+        let block_size = self.block_size as usize;
+        self.pool.record(|| {
+            let hashes = &request.block_hashes[first as usize..num_full as usize];
+            KvEvent::BlockStored(BlockStored {
+                block_hashes: hashes.iter().copied().map(events::external_hash).collect(),
+                parent_block_hash: first
+                    .checked_sub(1)
+                    .map(|parent| events::external_hash(request.block_hashes[parent as usize])),
+                token_ids: request.token_ids
+                    [first as usize * block_size..num_full as usize * block_size]
+                    .to_vec(),
+                cache_salt: (first == 0).then(|| request.cache_salt.clone()).flatten(),
+            })
+        });
+        request.num_cached_blocks = num_full;
+    }
+
+    /// Whether `num_tokens` tokens fill a block past the request's cached ones (multiplied
+    /// rather than divided: the decode fast path asks this for every running request).
+    fn fills_a_block(&self, request: &Request, num_tokens: u32) -> bool {
+        u64::from(num_tokens)
+            >= (u64::from(request.num_cached_blocks) + 1) * u64::from(self.block_size)
     }
 
     /// Release all of the request's blocks, tail first, so the tail is evicted before its prefix.
