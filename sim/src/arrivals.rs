@@ -130,14 +130,13 @@ impl Prompt {
                 prefix_len,
             } => {
                 let shared = prefix_group.map_or(0, |_| (*prefix_len).min(*len));
+                let draw = |rng: &mut Rng| 16 + rng.below(50_000) as u32;
                 let mut prefix = Rng::new(prefix_group.map_or(0, |group| group.seed));
                 let mut rest = Rng::new(unique.wrapping_mul(0x9e37_79b9).wrapping_add(1));
-                (0..*len)
-                    .map(|i| {
-                        let rng = if i < shared { &mut prefix } else { &mut rest };
-                        16 + rng.below(50_000) as u32
-                    })
-                    .collect()
+                let mut tokens = Vec::with_capacity(*len as usize);
+                tokens.extend((0..shared).map(|_| draw(&mut prefix)));
+                tokens.extend((shared..*len).map(|_| draw(&mut rest)));
+                tokens
             }
         }
     }

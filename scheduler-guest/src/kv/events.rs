@@ -12,7 +12,7 @@ use super::hash::BlockHash;
 /// A block hash as event consumers key on it: the low 64 bits of the [`BlockHash`], the integer
 /// form of vLLM's `ExternalBlockHash`.
 pub fn external_hash(hash: BlockHash) -> u64 {
-    hash.0 as u64
+    hash.low()
 }
 
 /// Full blocks that one allocation put into the prefix cache, in sequence order.
