@@ -13,9 +13,9 @@ use xxhash_rust::xxh3::xxh3_128;
 /// every later block too. XXH3 with its fixed default secret gives the same value natively and in
 /// WASM (no per-process seed), so prefix-cache hits are reproducible and replayable.
 ///
-/// The value is held as two halves rather than a `u128`: a `u128` is 16-byte aligned, which the
-/// WASM guest's allocator serves only by copying a request's hash vector on every growth. It
-/// serialises as the `u128` it is, and orders like one.
+/// The value is held as two halves rather than a `u128`: a `u128` is 16-byte aligned, and the
+/// WASM guest's allocator served such vectors only through an aligned copy on every growth. It
+/// converts to and from the `u128` it is, serialises as one, and orders like one.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(from = "u128", into = "u128")]
 pub struct BlockHash {
@@ -24,19 +24,6 @@ pub struct BlockHash {
 }
 
 impl BlockHash {
-    /// The hash with this 128-bit value.
-    pub const fn from_u128(value: u128) -> Self {
-        Self {
-            high: (value >> 64) as u64,
-            low: value as u64,
-        }
-    }
-
-    /// The 128-bit value.
-    pub const fn to_u128(self) -> u128 {
-        ((self.high as u128) << 64) | self.low as u128
-    }
-
     /// The low 64 bits: the hash KV events name a block by.
     pub const fn low(self) -> u64 {
         self.low
@@ -45,13 +32,16 @@ impl BlockHash {
 
 impl From<u128> for BlockHash {
     fn from(value: u128) -> Self {
-        Self::from_u128(value)
+        Self {
+            high: (value >> 64) as u64,
+            low: value as u64,
+        }
     }
 }
 
 impl From<BlockHash> for u128 {
     fn from(hash: BlockHash) -> Self {
-        hash.to_u128()
+        (u128::from(hash.high) << 64) | u128::from(hash.low)
     }
 }
 
@@ -65,13 +55,13 @@ impl Hash for BlockHash {
 
 impl fmt::Debug for BlockHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlockHash({:032x})", self.to_u128())
+        write!(f, "BlockHash({:032x})", u128::from(*self))
     }
 }
 
 /// The parent of a sequence's first block (vLLM's `NONE_HASH`, fixed here rather than seeded).
 pub fn none_hash() -> BlockHash {
-    BlockHash::from_u128(xxh3_128(b"waypoint-none-hash"))
+    BlockHash::from(xxh3_128(b"waypoint-none-hash"))
 }
 
 /// Extra keys that take part in one block's hash besides its tokens.
@@ -98,7 +88,7 @@ fn hash_block_with(
     message.clear();
     let salt_len = extra.cache_salt.map_or(0, |salt| 4 + salt.len());
     message.reserve(16 + 4 + tokens.len() * 4 + 1 + salt_len);
-    message.extend_from_slice(&parent.to_u128().to_le_bytes());
+    message.extend_from_slice(&u128::from(parent).to_le_bytes());
     message.extend_from_slice(&(tokens.len() as u32).to_le_bytes());
     let start = message.len();
     message.resize(start + tokens.len() * 4, 0);
@@ -113,7 +103,7 @@ fn hash_block_with(
             message.extend_from_slice(salt.as_bytes());
         }
     }
-    BlockHash::from_u128(xxh3_128(message))
+    BlockHash::from(xxh3_128(message))
 }
 
 /// Extend `hashes` so that it holds one hash per full block of `tokens`.
@@ -159,10 +149,10 @@ mod tests {
         );
         let long: Vec<u32> = (0..200).collect();
         let long_block = hash_block_tokens(salted, &long, ExtraKeys::default());
-        assert_eq!(none_hash().to_u128(), 0x659d59869494d6d50eb877183b6e8f22);
-        assert_eq!(first.to_u128(), 0x01cffb342eeb155f062cd201aff492c7);
-        assert_eq!(salted.to_u128(), 0xa38a733dd6f4492a694db65b4ca54f9e);
-        assert_eq!(long_block.to_u128(), 0x7862ad46ab268bb9abb28184411b6f22);
+        assert_eq!(u128::from(none_hash()), 0x659d59869494d6d50eb877183b6e8f22);
+        assert_eq!(u128::from(first), 0x01cffb342eeb155f062cd201aff492c7);
+        assert_eq!(u128::from(salted), 0xa38a733dd6f4492a694db65b4ca54f9e);
+        assert_eq!(u128::from(long_block), 0x7862ad46ab268bb9abb28184411b6f22);
     }
 
     /// One-shot hashing of the gathered message gives what streaming the same bytes gives,
@@ -174,7 +164,7 @@ mod tests {
             let tokens: Vec<u32> = (0..len).map(|t| t.wrapping_mul(2_654_435_761)).collect();
             for cache_salt in [None, Some(salt.as_str())] {
                 let mut streaming = Xxh3::new();
-                streaming.update(&none_hash().to_u128().to_le_bytes());
+                streaming.update(&u128::from(none_hash()).to_le_bytes());
                 streaming.update(&len.to_le_bytes());
                 for token in &tokens {
                     streaming.update(&token.to_le_bytes());
@@ -189,7 +179,7 @@ mod tests {
                 }
                 let hash = hash_block_tokens(none_hash(), &tokens, ExtraKeys { cache_salt });
                 assert_eq!(
-                    hash.to_u128(),
+                    u128::from(hash),
                     streaming.digest128(),
                     "{len} tokens, salt {cache_salt:?}"
                 );
