@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 use core::ops::{Index, IndexMut};
 
-use crate::map::FxHashMap;
+use crate::map::{FxHashMap, HandleMap};
 use crate::output::RequestHandle;
 use crate::request::{Request, RequestId};
 
@@ -34,7 +34,7 @@ pub struct RequestTable {
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     by_id: FxHashMap<RequestId, ReqIdx>,
-    by_handle: FxHashMap<RequestHandle, ReqIdx>,
+    by_handle: HandleMap<ReqIdx>,
 }
 
 impl RequestTable {

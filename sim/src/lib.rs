@@ -10,13 +10,14 @@ pub mod rng;
 pub mod settings;
 pub mod trace;
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 use waypoint_scheduler::{
-    JourneyEvent, JourneyEventType, ModelOutput, NewRequest, RequestHandle, RequestId,
-    ScheduledKind,
+    BuildHandleHasher, JourneyEvent, JourneyEventType, ModelOutput, NewRequest, RequestHandle,
+    RequestId, ScheduledKind,
 };
 
 use arrivals::{sampled_token, Arrival, ArrivalQueue, ArrivalTime, WorkloadError, EOS};
@@ -92,7 +93,7 @@ struct Run<'o, 'w> {
     backend: &'o mut dyn SchedulerBackend,
     settings: Settings,
     outputs: &'o mut Outputs<'w>,
-    live: FxHashMap<RequestHandle, Live>,
+    live: HashMap<RequestHandle, Live, BuildHandleHasher>,
     /// Live requests' handles by id, for journey events.
     handles: FxHashMap<RequestId, RequestHandle>,
     metrics: Metrics,
@@ -288,7 +289,7 @@ pub fn simulate(
         backend,
         settings,
         outputs,
-        live: FxHashMap::default(),
+        live: HashMap::default(),
         handles: FxHashMap::default(),
         metrics: Metrics::default(),
         now: 0,

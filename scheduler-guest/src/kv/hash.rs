@@ -118,6 +118,8 @@ pub fn extend_block_hashes(
 ) {
     let block_size = block_size as usize;
     let num_full = tokens.len() / block_size;
+    // A new request's prompt blocks in one allocation; later blocks grow it amortised.
+    hashes.reserve(num_full.saturating_sub(hashes.len()));
     let mut message = Vec::new();
     while hashes.len() < num_full {
         let index = hashes.len();
