@@ -7,8 +7,6 @@
 //! [`ContractViolation`] naming the rule, and poisons the instance like a trap does, so that a
 //! lying component can neither panic the host nor steer the model runner outside the cache.
 
-use std::collections::HashMap;
-
 use rustc_hash::FxHashMap;
 use slab::Slab;
 use waypoint_scheduler::kv::KvEvent;
@@ -16,9 +14,8 @@ use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
 };
 use waypoint_scheduler::{
-    BuildHandleHasher, FinishStatus, JourneyEvent, LiveRequest, ModelOutput, NewRequest,
-    RequestError, RequestHandle, RequestId, ScheduledKind, SchedulerConfig, SchedulerStats,
-    StepEvent,
+    FinishStatus, HandleMap, JourneyEvent, LiveRequest, ModelOutput, NewRequest, RequestError,
+    RequestHandle, RequestId, ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use crate::backend::{BackendError, PolicyDescription, SchedulerBackend};
@@ -89,7 +86,7 @@ struct Live {
 #[derive(Debug, Default)]
 struct Mirror {
     live: Slab<Live>,
-    by_handle: HashMap<RequestHandle, usize, BuildHandleHasher>,
+    by_handle: HandleMap<usize>,
     by_id: FxHashMap<RequestId, RequestHandle>,
     /// Requests not finished.
     unfinished: usize,

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use waypoint_scheduler::{
-    BuildHandleHasher, FinishStatus, JourneyEvent, ModelOutput, NewRequest, Recovery,
-    RequestHandle, RequestId, ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
+    FinishStatus, HandleMap, JourneyEvent, ModelOutput, NewRequest, Recovery, RequestHandle,
+    RequestId, ScheduledKind, SchedulerConfig, SchedulerStats, StepEvent,
 };
 
 use waypoint_model::sampling::{sample, SamplingParams};
@@ -119,7 +119,7 @@ pub struct Engine<B: ?Sized + SchedulerBackend = dyn SchedulerBackend + Send, P 
     backend: Box<B>,
     model: Model,
     cache: PagedKvCache,
-    requests: HashMap<RequestHandle, Running<P>, BuildHandleHasher>,
+    requests: HandleMap<Running<P>>,
     handles: HashMap<RequestId, RequestHandle>,
     /// Requests a recovery has not yet resubmitted (its scheduler faulted again first).
     pending: Vec<Running<P>>,
@@ -230,7 +230,7 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
             backend,
             model,
             cache,
-            requests: HashMap::default(),
+            requests: HandleMap::default(),
             handles: HashMap::new(),
             pending: Vec::new(),
         }

@@ -53,9 +53,9 @@ pub use journey::{
     JourneyEvent, JourneyEventType, JourneyValidator, JourneyViolation, Phase, ScheduleKind,
 };
 pub use output::{
-    Added, BuildHandleHasher, EngineOutputs, FinishOutcome, HandleHasher, LiveRequest, ModelOutput,
-    OutputFinish, RequestHandle, RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail,
-    ScheduledEntry, ScheduledKind, SchedulerOutput, SchedulerStats,
+    Added, EngineOutputs, FinishOutcome, HandleMap, LiveRequest, ModelOutput, OutputFinish,
+    RequestHandle, RequestRef, ResetOutcome, ScheduledBatch, ScheduledDetail, ScheduledEntry,
+    ScheduledKind, SchedulerOutput, SchedulerStats,
 };
 pub use policy::{ByKey, Enqueue, KeyOrder, Policy, RequestView, Ticket};
 pub use request::{FinishStatus, NewRequest, Recovery, Request, RequestId, RequestStatus};

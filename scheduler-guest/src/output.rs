@@ -49,6 +49,10 @@ impl core::hash::Hasher for HandleHasher {
 /// Builds [`HandleHasher`]s, for maps keyed by [`RequestHandle`].
 pub type BuildHandleHasher = core::hash::BuildHasherDefault<HandleHasher>;
 
+/// A map keyed by request handle, neighbouring handles in neighbouring buckets: what every
+/// per-request table of the scheduler, the engine and the simulator is keyed by.
+pub type HandleMap<V> = hashbrown::HashMap<RequestHandle, V, BuildHandleHasher>;
+
 /// What `add_request` reports: the request's handle and its QUEUED event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Added {

@@ -3,8 +3,8 @@
 use alloc::vec::Vec;
 use core::ops::{Index, IndexMut};
 
-use crate::map::{FxHashMap, HandleMap};
-use crate::output::RequestHandle;
+use crate::map::FxHashMap;
+use crate::output::{HandleMap, RequestHandle};
 use crate::request::{Request, RequestId};
 
 /// A handle to a live request. A handle outlives its request only as a stale handle: the slot's

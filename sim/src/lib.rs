@@ -10,14 +10,13 @@ pub mod rng;
 pub mod settings;
 pub mod trace;
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 use waypoint_scheduler::{
-    BuildHandleHasher, JourneyEvent, JourneyEventType, ModelOutput, NewRequest, RequestHandle,
-    RequestId, ScheduledKind,
+    HandleMap, JourneyEvent, JourneyEventType, ModelOutput, NewRequest, RequestHandle, RequestId,
+    ScheduledKind,
 };
 
 use arrivals::{sampled_token, Arrival, ArrivalQueue, ArrivalTime, WorkloadError, EOS};
@@ -93,7 +92,7 @@ struct Run<'o, 'w> {
     backend: &'o mut dyn SchedulerBackend,
     settings: Settings,
     outputs: &'o mut Outputs<'w>,
-    live: HashMap<RequestHandle, Live, BuildHandleHasher>,
+    live: HandleMap<Live>,
     /// Live requests' handles by id, for journey events.
     handles: FxHashMap<RequestId, RequestHandle>,
     metrics: Metrics,
@@ -289,7 +288,7 @@ pub fn simulate(
         backend,
         settings,
         outputs,
-        live: HashMap::default(),
+        live: HandleMap::default(),
         handles: FxHashMap::default(),
         metrics: Metrics::default(),
         now: 0,
