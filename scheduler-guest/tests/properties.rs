@@ -1,7 +1,7 @@
 //! Property tests: random workloads of adds, steps with random tokens (EOS included), aborts,
 //! prefix-sharing prompts and cache resets, with the scheduler's invariants checked after
 //! every call, every request finishing once the workload ends, and every journey following
-//! the journey grammar.
+//! the journey grammar; and the block pool's prefix-cache index against a plain model of it.
 
 mod common;
 
@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use common::EOS;
 use proptest::prelude::*;
+use waypoint_scheduler::kv::hash::{hash_block_tokens, ExtraKeys};
+use waypoint_scheduler::kv::{BlockHash, BlockPool};
 use waypoint_scheduler::{
     FinishStatus, JourneyConfig, JourneyEvent, JourneyValidator, ModelOutput, NewRequest,
     PolicyKind, RequestHandle, RequestStatus, Scheduler, SchedulerConfig,
@@ -315,5 +317,94 @@ proptest! {
         prop_assert!(w.s.requests().is_empty());
         prop_assert_eq!(w.s.journey_state_len(), 0);
         prop_assert_eq!(w.journeys.num_open(), 0, "a journey did not end with FINISHED");
+    }
+}
+
+/// One call on a [`BlockPool`]; `pick` chooses among the blocks the call applies to.
+#[derive(Clone, Debug)]
+enum PoolOp {
+    Take { n: u8 },
+    Cache { pick: u8, content: u8 },
+    Free { pick: u8 },
+    Evict { pick: u8 },
+}
+
+fn pool_op() -> impl Strategy<Value = PoolOp> {
+    prop_oneof![
+        (1u8..3).prop_map(|n| PoolOp::Take { n }),
+        (any::<u8>(), 0u8..3).prop_map(|(pick, content)| PoolOp::Cache { pick, content }),
+        any::<u8>().prop_map(|pick| PoolOp::Free { pick }),
+        any::<u8>().prop_map(|pick| PoolOp::Evict { pick }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever blocks are taken, cached, freed and evicted, a hash's lookup names the first
+    /// block still cached under it, in caching order, as vLLM's table does.
+    #[test]
+    fn prefix_cache_lookups_follow_caching_order_through_evictions(
+        ops in prop::collection::vec(pool_op(), 1..300),
+    ) {
+        const NUM_BLOCKS: u32 = 6;
+        let contents: Vec<BlockHash> = (0..3)
+            .map(|token| hash_block_tokens(BlockHash::from(0u128), &[token], ExtraKeys::default()))
+            .collect();
+        let mut pool = BlockPool::new(NUM_BLOCKS);
+        let mut held: Vec<u32> = Vec::new();
+        let mut hash_of: HashMap<u32, BlockHash> = HashMap::new();
+        let mut eager: HashMap<BlockHash, Vec<u32>> = HashMap::new();
+        let forget = |eager: &mut HashMap<BlockHash, Vec<u32>>, hash_of: &mut HashMap<u32, BlockHash>, block: u32| {
+            if let Some(hash) = hash_of.remove(&block) {
+                eager.entry(hash).or_default().retain(|&b| b != block);
+            }
+        };
+        for op in ops {
+            match op {
+                PoolOp::Take { n } => {
+                    if let Ok(blocks) = pool.get_new_blocks(u32::from(n)) {
+                        for &block in &blocks {
+                            forget(&mut eager, &mut hash_of, block);
+                        }
+                        held.extend(blocks);
+                    }
+                }
+                PoolOp::Cache { pick, content } => {
+                    let uncached: Vec<u32> =
+                        held.iter().copied().filter(|b| !hash_of.contains_key(b)).collect();
+                    if let Some(&block) = uncached.get(usize::from(pick) % uncached.len().max(1)) {
+                        let hash = contents[usize::from(content)];
+                        pool.cache_block(block, hash);
+                        hash_of.insert(block, hash);
+                        eager.entry(hash).or_default().push(block);
+                    }
+                }
+                PoolOp::Free { pick } => {
+                    if !held.is_empty() {
+                        let block = held.remove(usize::from(pick) % held.len());
+                        pool.free_blocks([block]);
+                    }
+                }
+                PoolOp::Evict { pick } => {
+                    let free = pool.free_block_ids();
+                    if let Some(&block) = free.get(usize::from(pick) % free.len().max(1)) {
+                        let was_cached = hash_of.contains_key(&block);
+                        prop_assert_eq!(pool.evict_cached_block(block), was_cached);
+                        forget(&mut eager, &mut hash_of, block);
+                    }
+                }
+            }
+            for hash in &contents {
+                let expected = eager.get(hash).cloned().unwrap_or_default();
+                prop_assert_eq!(pool.lookup(*hash), expected.first().copied());
+                prop_assert_eq!(pool.num_blocks_cached_under(*hash), expected.len());
+            }
+            let distinct = eager.values().filter(|blocks| !blocks.is_empty()).count();
+            prop_assert_eq!(pool.num_cached_hashes(), distinct);
+        }
     }
 }

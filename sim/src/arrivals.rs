@@ -130,12 +130,10 @@ impl Prompt {
                 prefix_len,
             } => {
                 let shared = prefix_group.map_or(0, |_| (*prefix_len).min(*len));
-                let draw = |rng: &mut Rng| 16 + rng.below(50_000) as u32;
-                let mut prefix = Rng::new(prefix_group.map_or(0, |group| group.seed));
-                let mut rest = Rng::new(unique.wrapping_mul(0x9e37_79b9).wrapping_add(1));
-                let mut tokens = Vec::with_capacity(*len as usize);
-                tokens.extend((0..shared).map(|_| draw(&mut prefix)));
-                tokens.extend((shared..*len).map(|_| draw(&mut rest)));
+                let mut tokens = vec![0; *len as usize];
+                let (prefix, rest) = tokens.split_at_mut(shared as usize);
+                draw_tokens(prefix, prefix_group.map_or(0, |group| group.seed));
+                draw_tokens(rest, unique.wrapping_mul(0x9e37_79b9).wrapping_add(1));
                 tokens
             }
         }
@@ -152,6 +150,23 @@ impl Prompt {
     /// Whether the prompt is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Fill `tokens` with ids drawn uniformly from `16..50_016` by a generator seeded with `seed`.
+/// Each 64 random bits give two ids (32 bits each, scaled by a multiply rather than reduced by a
+/// division): prompts are most of what a simulation generates.
+fn draw_tokens(tokens: &mut [u32], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let token = |bits: u64| 16 + (((bits & 0xffff_ffff) * 50_000) >> 32) as u32;
+    let mut pairs = tokens.chunks_exact_mut(2);
+    for pair in &mut pairs {
+        let bits = rng.next_u64();
+        pair[0] = token(bits);
+        pair[1] = token(bits >> 32);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = token(rng.next_u64());
     }
 }
 
@@ -740,6 +755,27 @@ mod tests {
             "group 7 and group \"7\" are different groups"
         );
         assert_ne!(prompts[0][..16], prompts[2][..16]);
+    }
+
+    #[test]
+    fn a_shorter_prompt_of_a_group_shares_the_longer_ones_prefix_and_ids_stay_in_range() {
+        let group = Some(PrefixGroup::numbered(3));
+        let prompt = |len, prefix_len| Prompt::Length {
+            len,
+            prefix_group: group,
+            prefix_len,
+        };
+        let long = prompt(40, 33).token_ids(0);
+        let short = prompt(7, 33).token_ids(1);
+        assert_eq!(short[..], long[..7], "odd lengths end on the same draws");
+        assert_ne!(long[33..], prompt(40, 33).token_ids(2)[33..]);
+        let many = prompt(4001, 0).token_ids(5);
+        assert!(many.iter().all(|&token| (16..50_016).contains(&token)));
+        let high = many.iter().filter(|&&token| token >= 25_016).count();
+        assert!(
+            (1800..2200).contains(&high),
+            "{high} of 4001 in the upper half"
+        );
     }
 
     #[test]

@@ -137,6 +137,9 @@ impl Default for LogHistogram {
 }
 
 impl LogHistogram {
+    /// Kept out of line: inlined, the logarithm's registers made every record save and restore
+    /// them, though most records repeat the last value and never reach it.
+    #[inline(never)]
     fn bucket(value: f64) -> usize {
         if value <= FLOOR_MS {
             0
@@ -146,6 +149,7 @@ impl LogHistogram {
     }
 
     /// Add a sample (ms).
+    #[inline]
     pub fn record(&mut self, value: f64) {
         let bucket = match self.last {
             Some((last, bucket)) if last == value => bucket,
