@@ -279,6 +279,24 @@ impl Workload {
     }
 }
 
+/// One call on a [`BlockPool`]; `pick` chooses among the blocks the call applies to.
+#[derive(Clone, Debug)]
+enum PoolOp {
+    Take { n: u8 },
+    Cache { pick: u8, content: u8 },
+    Free { pick: u8 },
+    Evict { pick: u8 },
+}
+
+fn pool_op() -> impl Strategy<Value = PoolOp> {
+    prop_oneof![
+        (1u8..3).prop_map(|n| PoolOp::Take { n }),
+        (any::<u8>(), 0u8..3).prop_map(|(pick, content)| PoolOp::Cache { pick, content }),
+        any::<u8>().prop_map(|pick| PoolOp::Free { pick }),
+        any::<u8>().prop_map(|pick| PoolOp::Evict { pick }),
+    ]
+}
+
 proptest! {
     // 96 cases in CI; PROPTEST_CASES=N runs a deeper search locally.
     #![proptest_config(ProptestConfig {
@@ -318,31 +336,6 @@ proptest! {
         prop_assert_eq!(w.s.journey_state_len(), 0);
         prop_assert_eq!(w.journeys.num_open(), 0, "a journey did not end with FINISHED");
     }
-}
-
-/// One call on a [`BlockPool`]; `pick` chooses among the blocks the call applies to.
-#[derive(Clone, Debug)]
-enum PoolOp {
-    Take { n: u8 },
-    Cache { pick: u8, content: u8 },
-    Free { pick: u8 },
-    Evict { pick: u8 },
-}
-
-fn pool_op() -> impl Strategy<Value = PoolOp> {
-    prop_oneof![
-        (1u8..3).prop_map(|n| PoolOp::Take { n }),
-        (any::<u8>(), 0u8..3).prop_map(|(pick, content)| PoolOp::Cache { pick, content }),
-        any::<u8>().prop_map(|pick| PoolOp::Free { pick }),
-        any::<u8>().prop_map(|pick| PoolOp::Evict { pick }),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(96),
-        ..ProptestConfig::default()
-    })]
 
     /// Whatever blocks are taken, cached, freed and evicted, a hash's lookup names the first
     /// block still cached under it, in caching order, as vLLM's table does.
