@@ -79,6 +79,16 @@ struct StepDraft {
     journey_events: Vec<JourneyEvent>,
 }
 
+/// `num_new_tokens` capped by the long-prefill threshold, which does not apply to a lone request.
+fn cap_prefill(config: &SchedulerConfig, num_new_tokens: u32, single_request: bool) -> u32 {
+    let threshold = config.long_prefill_token_threshold;
+    if threshold > 0 && !single_request {
+        num_new_tokens.min(threshold)
+    } else {
+        num_new_tokens
+    }
+}
+
 /// The scheduler state machine. See the module docs for the calling protocol.
 pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
@@ -355,15 +365,6 @@ impl Scheduler {
         })
     }
 
-    fn cap_prefill(&self, num_new_tokens: u32, single_request: bool) -> u32 {
-        let threshold = self.config.long_prefill_token_threshold;
-        if threshold > 0 && !single_request {
-            num_new_tokens.min(threshold)
-        } else {
-            num_new_tokens
-        }
-    }
-
     /// Decide the next step. See the module docs for the algorithm.
     pub fn schedule(&mut self, now_ns: u64) -> SchedulerOutput {
         self.step += 1;
@@ -418,48 +419,37 @@ impl Scheduler {
     fn schedule_running(&mut self, draft: &mut StepDraft) -> bool {
         let mut preempted = false;
         let mut position = 0;
+        let no_hit = ComputedBlocks::default();
         while position < self.running.len() && draft.budget > 0 {
             let idx = self.running[position];
-            let request = &self.requests[idx];
-            let num_new_tokens = self
-                .cap_prefill(
-                    request.num_tokens() - request.num_computed_tokens,
-                    draft.single_request,
-                )
-                .min(draft.budget);
+            // One lookup of the request when its slots fit, as they do for nearly every one.
+            let request = &mut self.requests[idx];
+            let num_new_tokens = cap_prefill(
+                &self.config,
+                request.num_tokens() - request.num_computed_tokens,
+                draft.single_request,
+            )
+            .min(draft.budget);
             if num_new_tokens == 0 {
                 position += 1;
                 continue;
             }
-            let new_blocks = loop {
-                let request = &mut self.requests[idx];
-                let no_hit = ComputedBlocks::default();
-                if let Some(blocks) =
-                    self.kv
-                        .allocate_slots(request, num_new_tokens, &no_hit, false)
+            let (request, block_ids) =
+                match self
+                    .kv
+                    .allocate_slots(request, num_new_tokens, &no_hit, false)
                 {
-                    break Some(blocks);
-                }
-                let victim_position = self.preemption_victim(draft.now_ns);
-                let victim = self.running.remove(victim_position);
-                if let Some(undo) = draft.scheduled.iter().position(|&h| h == victim) {
-                    draft.budget += draft.batch.num_scheduled_tokens[undo];
-                    draft.batch.remove(undo);
-                    draft.scheduled.remove(undo);
-                }
-                self.preempt(victim, draft.step, draft.now_ns, &mut draft.journey_events);
-                preempted = true;
-                if victim == idx {
-                    break None;
-                }
-                if victim_position < position {
-                    position -= 1;
-                }
-            };
-            let Some(block_ids) = new_blocks else {
-                continue;
-            };
-            let request = &mut self.requests[idx];
+                    Some(block_ids) => (request, block_ids),
+                    None => {
+                        preempted = true;
+                        let Some(block_ids) =
+                            self.preempt_for(idx, num_new_tokens, &mut position, draft)
+                        else {
+                            continue;
+                        };
+                        (&mut self.requests[idx], block_ids)
+                    }
+                };
             request.scheduled_step = draft.step;
             request.scheduled_tokens = num_new_tokens;
             draft.batch.push(
@@ -478,6 +468,42 @@ impl Scheduler {
             position += 1;
         }
         preempted
+    }
+
+    /// Preempt running requests, the policy's victim first, until the running request `idx` at
+    /// `position` gets slots for `num_new_tokens` (its new blocks), or is preempted itself
+    /// (`None`). A victim already in the draft leaves it and gives its tokens back.
+    fn preempt_for(
+        &mut self,
+        idx: ReqIdx,
+        num_new_tokens: u32,
+        position: &mut usize,
+        draft: &mut StepDraft,
+    ) -> Option<Vec<u32>> {
+        let no_hit = ComputedBlocks::default();
+        loop {
+            let victim_position = self.preemption_victim(draft.now_ns);
+            let victim = self.running.remove(victim_position);
+            if let Some(undo) = draft.scheduled.iter().position(|&h| h == victim) {
+                draft.budget += draft.batch.num_scheduled_tokens[undo];
+                draft.batch.remove(undo);
+                draft.scheduled.remove(undo);
+            }
+            self.preempt(victim, draft.step, draft.now_ns, &mut draft.journey_events);
+            if victim == idx {
+                return None;
+            }
+            if victim_position < *position {
+                *position -= 1;
+            }
+            let request = &mut self.requests[idx];
+            if let Some(blocks) = self
+                .kv
+                .allocate_slots(request, num_new_tokens, &no_hit, false)
+            {
+                return Some(blocks);
+            }
+        }
     }
 
     /// Step 4: scheduled requests' computed counts advance; the policy hears of the running
@@ -528,7 +554,11 @@ impl Scheduler {
                 break;
             }
             let hit = self.kv.get_computed_blocks(request);
-            let wanted = self.cap_prefill(request.num_tokens() - hit.num_tokens, single_request);
+            let wanted = cap_prefill(
+                &self.config,
+                request.num_tokens() - hit.num_tokens,
+                single_request,
+            );
             if !self.config.enable_chunked_prefill && wanted > *budget {
                 break;
             }
