@@ -8,17 +8,10 @@ use super::free_queue::FreeBlockQueue;
 use super::hash::BlockHash;
 use crate::error::NoFreeBlocks;
 use crate::map::FxHashMap;
+use hashbrown::HashTable;
 
 /// Block 0: never handed out, never freed (vLLM's null block).
 pub const NULL_BLOCK: u32 = 0;
-
-/// Blocks cached under one hash. The same content can be cached twice (two requests computed it
-/// separately); blocks are never de-duplicated so block tables stay append-only.
-#[derive(Clone, Debug)]
-enum CachedBlocks {
-    One(u32),
-    Many(Vec<u32>),
-}
 
 /// All KV blocks of the cache and their bookkeeping.
 #[derive(Clone, Debug)]
@@ -26,7 +19,14 @@ pub struct BlockPool {
     ref_counts: Vec<u32>,
     hashes: Vec<Option<BlockHash>>,
     free: FreeBlockQueue,
-    cached: FxHashMap<BlockHash, CachedBlocks>,
+    /// The prefix-cache table: for each cached hash, the block cached under it first. It holds
+    /// only block ids (4 bytes an entry, the hash is in `hashes`), so the whole table stays in
+    /// cache: every block a step allocates removes an entry here.
+    cached: HashTable<u32>,
+    /// The same content can be cached twice (two requests computed it separately); blocks are
+    /// never de-duplicated so block tables stay append-only. The later blocks under a hash, in
+    /// caching order; almost always empty.
+    duplicates: FxHashMap<BlockHash, Vec<u32>>,
     /// Changes to the cache since the last [`BlockPool::take_events`], when events are on.
     events: Option<Vec<KvEvent>>,
 }
@@ -44,7 +44,8 @@ impl BlockPool {
             ref_counts: alloc::vec![0; num_blocks as usize],
             hashes: alloc::vec![None; num_blocks as usize],
             free,
-            cached: FxHashMap::default(),
+            cached: HashTable::new(),
+            duplicates: FxHashMap::default(),
             events: None,
         }
     }
@@ -61,7 +62,8 @@ impl BlockPool {
             ref_counts,
             hashes: alloc::vec![None; num_blocks as usize],
             free: FreeBlockQueue::from_order(num_blocks, free_order),
-            cached: FxHashMap::default(),
+            cached: HashTable::new(),
+            duplicates: FxHashMap::default(),
             events: None,
         };
         for &(block, hash) in cached {
@@ -150,19 +152,19 @@ impl BlockPool {
 
     /// Number of blocks cached under `hash`.
     pub fn num_blocks_cached_under(&self, hash: BlockHash) -> usize {
-        match self.cached.get(&hash) {
+        match self.lookup(hash) {
             None => 0,
-            Some(CachedBlocks::One(_)) => 1,
-            Some(CachedBlocks::Many(blocks)) => blocks.len(),
+            Some(_) => 1 + self.duplicates.get(&hash).map_or(0, Vec::len),
         }
     }
 
-    /// A block cached under `hash`, if any.
+    /// A block cached under `hash`, if any: the one cached first.
     pub fn lookup(&self, hash: BlockHash) -> Option<u32> {
-        match self.cached.get(&hash)? {
-            CachedBlocks::One(block) => Some(*block),
-            CachedBlocks::Many(blocks) => blocks.first().copied(),
-        }
+        self.cached
+            .find(hash.low(), |&block| {
+                self.hashes[block as usize] == Some(hash)
+            })
+            .copied()
     }
 
     /// Take `n` blocks from the head of the free queue, evicting their cached hashes; each gets
@@ -209,14 +211,15 @@ impl BlockPool {
     /// Record that `block` holds the content named `hash`.
     pub fn cache_block(&mut self, block: u32, hash: BlockHash) {
         debug_assert!(self.hashes[block as usize].is_none());
+        if self.lookup(hash).is_some() {
+            self.duplicates.entry(hash).or_default().push(block);
+        } else {
+            let hashes = &self.hashes;
+            self.cached.insert_unique(hash.low(), block, |&cached| {
+                hashes[cached as usize].map_or(0, BlockHash::low)
+            });
+        }
         self.hashes[block as usize] = Some(hash);
-        self.cached
-            .entry(hash)
-            .and_modify(|entry| match entry {
-                CachedBlocks::One(first) => *entry = CachedBlocks::Many(alloc::vec![*first, block]),
-                CachedBlocks::Many(blocks) => blocks.push(block),
-            })
-            .or_insert(CachedBlocks::One(block));
     }
 
     /// Forget the cached hash of `block` (it is about to be overwritten). Other blocks cached
@@ -230,20 +233,22 @@ impl BlockPool {
                 block_hashes: alloc::vec![external_hash(hash)],
             })
         });
-        // One probe: evicting is on the path of every block a step allocates.
-        let hashbrown::hash_map::Entry::Occupied(mut entry) = self.cached.entry(hash) else {
+        // The table is found by block id, so evicting reads no other block's hash.
+        let first = self
+            .cached
+            .find_entry(hash.low(), |&cached| cached == block);
+        let Some(later) = self.duplicates.get_mut(&hash) else {
+            if let Ok(first) = first {
+                first.remove();
+            }
             return;
         };
-        match entry.get_mut() {
-            CachedBlocks::One(_) => {
-                entry.remove();
-            }
-            CachedBlocks::Many(blocks) => {
-                blocks.retain(|&b| b != block);
-                if let [last] = blocks[..] {
-                    entry.insert(CachedBlocks::One(last));
-                }
-            }
+        match first {
+            Ok(mut first) => *first.get_mut() = later.remove(0),
+            Err(_) => later.retain(|&cached| cached != block),
+        }
+        if later.is_empty() {
+            self.duplicates.remove(&hash);
         }
     }
 
@@ -260,6 +265,7 @@ impl BlockPool {
             return false;
         }
         self.cached.clear();
+        self.duplicates.clear();
         self.hashes.iter_mut().for_each(|hash| *hash = None);
         self.record(|| KvEvent::AllBlocksCleared);
         true
