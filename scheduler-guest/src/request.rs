@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::hash::{extend_block_hashes, BlockHash};
+use crate::kv::hash::{extend_block_hashes, BlockHash, BlockHasher};
 use crate::output::{RequestHandle, RequestRef};
 
 /// A request id, shared cheaply between the scheduler's tables and its outputs.
@@ -323,15 +323,19 @@ impl Request {
 
     /// Append one generated token (and the hash of a block it fills).
     #[inline]
-    pub(crate) fn append_output_token(&mut self, token: u32, hash_block_size: Option<u32>) {
+    pub(crate) fn append_output_token(&mut self, token: u32, hasher: Option<&mut BlockHasher>) {
         self.token_ids.push(token);
-        let Some(block_size) = hash_block_size else {
+        let Some(hasher) = hasher else {
             return;
         };
         // One token in `block_size` fills a block; the others skip the call and its division.
-        let next_full = (self.block_hashes.len() as u64 + 1) * u64::from(block_size);
+        let next_full = (self.block_hashes.len() as u64 + 1) * u64::from(hasher.block_size());
         if self.token_ids.len() as u64 >= next_full {
-            self.update_block_hashes(block_size);
+            hasher.extend(
+                &mut self.block_hashes,
+                &self.token_ids,
+                self.cache_salt.as_deref(),
+            );
         }
     }
 

@@ -757,7 +757,6 @@ impl Scheduler {
             self.in_flight = Some(flight);
             return Err(error);
         }
-        let hash_block_size = self.kv.hash_block_size();
         let max_model_len = self.config.max_model_len;
         let mut engine = EngineOutputs {
             step: flight.step,
@@ -773,7 +772,7 @@ impl Scheduler {
             let Some(request) = self.requests.get_mut(idx) else {
                 continue;
             };
-            request.append_output_token(token, hash_block_size);
+            request.append_output_token(token, self.kv.block_hasher());
             let finish = request.check_stop(max_model_len);
             if let Some(status) = finish {
                 engine.finishes.push(OutputFinish {

@@ -117,19 +117,51 @@ pub fn extend_block_hashes(
     block_size: u32,
     cache_salt: Option<&str>,
 ) {
-    let block_size = block_size as usize;
-    let num_full = tokens.len() / block_size;
-    // A new request's prompt blocks in one allocation; later blocks grow it amortised.
-    hashes.reserve(num_full.saturating_sub(hashes.len()));
-    let mut message = Vec::new();
-    while hashes.len() < num_full {
-        let index = hashes.len();
-        let parent = hashes.last().copied().unwrap_or_else(none_hash);
-        let extra = ExtraKeys {
-            cache_salt: if index == 0 { cache_salt } else { None },
-        };
-        let block = &tokens[index * block_size..(index + 1) * block_size];
-        hashes.push(hash_block_with(&mut message, parent, block, extra));
+    BlockHasher::new(block_size).extend(hashes, tokens, cache_salt);
+}
+
+/// [`extend_block_hashes`] with one message buffer kept across calls: decode fills one block at a
+/// time, and a buffer allocated and freed per filled block cost a WASM guest more than the hash.
+#[derive(Clone, Debug)]
+pub struct BlockHasher {
+    block_size: u32,
+    message: Vec<u8>,
+}
+
+impl BlockHasher {
+    /// A hasher over blocks of `block_size` tokens.
+    pub fn new(block_size: u32) -> Self {
+        Self {
+            block_size,
+            message: Vec::new(),
+        }
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Extend `hashes` so that it holds one hash per full block of `tokens`.
+    pub fn extend(
+        &mut self,
+        hashes: &mut Vec<BlockHash>,
+        tokens: &[u32],
+        cache_salt: Option<&str>,
+    ) {
+        let block_size = self.block_size as usize;
+        let num_full = tokens.len() / block_size;
+        // A new request's prompt blocks in one allocation; later blocks grow it amortised.
+        hashes.reserve(num_full.saturating_sub(hashes.len()));
+        while hashes.len() < num_full {
+            let index = hashes.len();
+            let parent = hashes.last().copied().unwrap_or_else(none_hash);
+            let extra = ExtraKeys {
+                cache_salt: if index == 0 { cache_salt } else { None },
+            };
+            let block = &tokens[index * block_size..(index + 1) * block_size];
+            hashes.push(hash_block_with(&mut self.message, parent, block, extra));
+        }
     }
 }
 
@@ -187,6 +219,30 @@ mod tests {
                     "{len} tokens, salt {cache_salt:?}"
                 );
             }
+        }
+    }
+
+    /// The scheduler keeps one hasher for every request: its reused buffer must carry nothing
+    /// from one chain into the next, whether a chain grows a token at a time (decode) or many
+    /// blocks at once (a prompt), salted (a longer message) or not.
+    #[test]
+    fn a_shared_hasher_extends_every_chain_as_a_fresh_one_does() {
+        let mut shared = BlockHasher::new(4);
+        for (seed, cache_salt) in [
+            (1u32, Some("a-long-tenant-salt")),
+            (2, None),
+            (3, Some("b")),
+        ] {
+            let tokens: Vec<u32> = (0..23).map(|t| t * 31 + seed).collect();
+            let mut fresh = Vec::new();
+            extend_block_hashes(&mut fresh, &tokens, 4, cache_salt);
+            let mut grown = Vec::new();
+            shared.extend(&mut grown, &tokens[..9], cache_salt);
+            for end in 10..=tokens.len() {
+                shared.extend(&mut grown, &tokens[..end], cache_salt);
+            }
+            assert_eq!(grown, fresh, "seed {seed}");
+            assert_eq!(grown.len(), 5);
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use events::{BlockRemoved, BlockStored, KvEvent};
 pub use free_queue::FreeBlockQueue;
-pub use hash::BlockHash;
+pub use hash::{BlockHash, BlockHasher};
 
 use crate::request::Request;
 
@@ -58,6 +58,8 @@ pub struct KvCacheManager {
     block_size: u32,
     max_model_len: u32,
     enable_caching: bool,
+    /// `Some` with caching on: requests' block hashes are kept only then.
+    hasher: Option<BlockHasher>,
     stats: PrefixCacheStats,
 }
 
@@ -73,6 +75,7 @@ impl KvCacheManager {
             block_size,
             max_model_len,
             enable_caching,
+            hasher: enable_caching.then(|| BlockHasher::new(block_size)),
             stats: PrefixCacheStats::default(),
         }
     }
@@ -90,6 +93,7 @@ impl KvCacheManager {
             block_size,
             max_model_len,
             enable_caching,
+            hasher: enable_caching.then(|| BlockHasher::new(block_size)),
             stats,
         }
     }
@@ -121,7 +125,12 @@ impl KvCacheManager {
 
     /// The block size requests hash with, or `None` when caching is off (no hashes are kept).
     pub fn hash_block_size(&self) -> Option<u32> {
-        self.enable_caching.then_some(self.block_size)
+        self.hasher.as_ref().map(BlockHasher::block_size)
+    }
+
+    /// The hasher that extends requests' block hashes, or `None` when caching is off.
+    pub fn block_hasher(&mut self) -> Option<&mut BlockHasher> {
+        self.hasher.as_mut()
     }
 
     /// Cumulative prefix-cache counters.
