@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::hash::{extend_block_hashes, BlockHash, BlockHasher};
+use crate::kv::hash::{BlockHash, BlockHasher};
 use crate::output::{RequestHandle, RequestRef};
 
 /// A request id, shared cheaply between the scheduler's tables and its outputs.
@@ -214,16 +214,15 @@ impl Request {
             scheduled_tokens: 0,
         };
         if let Some(block_size) = hash_block_size {
-            request.update_block_hashes(block_size);
+            request.update_block_hashes(&mut BlockHasher::new(block_size));
         }
         request
     }
 
-    pub(crate) fn update_block_hashes(&mut self, block_size: u32) {
-        extend_block_hashes(
+    pub(crate) fn update_block_hashes(&mut self, hasher: &mut BlockHasher) {
+        hasher.extend(
             &mut self.block_hashes,
             &self.token_ids,
-            block_size,
             self.cache_salt.as_deref(),
         );
     }
@@ -331,11 +330,7 @@ impl Request {
         // One token in `block_size` fills a block; the others skip the call and its division.
         let next_full = (self.block_hashes.len() as u64 + 1) * u64::from(hasher.block_size());
         if self.token_ids.len() as u64 >= next_full {
-            hasher.extend(
-                &mut self.block_hashes,
-                &self.token_ids,
-                self.cache_salt.as_deref(),
-            );
+            self.update_block_hashes(hasher);
         }
     }
 

@@ -335,8 +335,8 @@ fn build(
         .requests
         .into_iter()
         .map(|mut request| {
-            if let Some(block_size) = kv.hash_block_size() {
-                request.update_block_hashes(block_size);
+            if let Some(hasher) = kv.block_hasher() {
+                request.update_block_hashes(hasher);
             }
             requests.insert(request)
         })

@@ -57,8 +57,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: u32,
     max_model_len: u32,
-    enable_caching: bool,
-    /// `Some` with caching on: requests' block hashes are kept only then.
+    /// `Some` exactly when prefix caching is on: requests' block hashes are kept only then.
     hasher: Option<BlockHasher>,
     stats: PrefixCacheStats,
 }
@@ -70,14 +69,13 @@ fn blocks_for(tokens: u32, block_size: u32) -> u32 {
 impl KvCacheManager {
     /// A manager over `num_blocks` blocks of `block_size` tokens.
     pub fn new(num_blocks: u32, block_size: u32, max_model_len: u32, enable_caching: bool) -> Self {
-        Self {
-            pool: BlockPool::new(num_blocks),
+        Self::from_parts(
+            BlockPool::new(num_blocks),
             block_size,
             max_model_len,
             enable_caching,
-            hasher: enable_caching.then(|| BlockHasher::new(block_size)),
-            stats: PrefixCacheStats::default(),
-        }
+            PrefixCacheStats::default(),
+        )
     }
 
     /// A manager over a restored pool.
@@ -92,7 +90,6 @@ impl KvCacheManager {
             pool,
             block_size,
             max_model_len,
-            enable_caching,
             hasher: enable_caching.then(|| BlockHasher::new(block_size)),
             stats,
         }
@@ -120,7 +117,7 @@ impl KvCacheManager {
 
     /// Whether prefix caching is on.
     pub fn caching_enabled(&self) -> bool {
-        self.enable_caching
+        self.hasher.is_some()
     }
 
     /// The block size requests hash with, or `None` when caching is off (no hashes are kept).
@@ -146,7 +143,7 @@ impl KvCacheManager {
     /// The longest cached prefix of `request`, in whole blocks, leaving at least one token to
     /// compute (so the last prompt token always produces logits).
     pub fn get_computed_blocks(&self, request: &Request) -> ComputedBlocks {
-        if !self.enable_caching {
+        if self.hasher.is_none() {
             return ComputedBlocks::default();
         }
         let max_hit_tokens = request.num_tokens().saturating_sub(1);
@@ -166,7 +163,7 @@ impl KvCacheManager {
 
     /// Record one admission's lookup in the prefix-cache counters.
     pub fn record_admission(&mut self, resumed: bool, queries: u32, hits: u32) {
-        if !self.enable_caching {
+        if self.hasher.is_none() {
             return;
         }
         let (requests, total_queries, total_hits) = if resumed {
@@ -206,7 +203,7 @@ impl KvCacheManager {
             let scheduled = request.num_computed_tokens + num_new_tokens;
             let held_slots = request.block_ids.len() as u64 * block_size;
             let fits = u64::from(scheduled.min(self.max_model_len)) <= held_slots;
-            let fills_no_block = !self.enable_caching
+            let fills_no_block = self.hasher.is_none()
                 || !self.fills_a_block(request, scheduled.min(request.num_tokens()));
             if fits && fills_no_block {
                 return Some(Vec::new());
@@ -249,7 +246,7 @@ impl KvCacheManager {
         }
         let new_blocks = self.pool.get_new_blocks(num_new_blocks).ok()?;
         request.block_ids.extend_from_slice(&new_blocks);
-        if self.enable_caching {
+        if self.hasher.is_some() {
             self.cache_full_blocks(
                 request,
                 (computed + num_new_tokens).min(request.num_tokens()),
