@@ -121,7 +121,6 @@ fn setup(prompts: &[u32], prefix_hits: &[u32]) -> (ComponentBackend<Scripted>, S
             index: index as u32,
             kind: ScheduledKind::New,
             block_ids: blocks,
-            token_ids: vec![7; len as usize],
         });
     }
     let step = SchedulerOutput {
@@ -370,7 +369,6 @@ proptest! {
                 index,
                 kind: ScheduledKind::New,
                 block_ids,
-                token_ids: Vec::new(),
             })
             .collect();
         let step = SchedulerOutput {

@@ -77,13 +77,12 @@ pub struct RequestRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduledKind {
-    /// Admitted for the first time: `block_ids` is the whole block table, `token_ids` the prompt.
+    /// Admitted for the first time: `block_ids` is the whole block table.
     New,
-    /// Admitted again after preemption: `block_ids` is the whole block table, `token_ids` every
-    /// token so far (prompt and output), since its KV is recomputed.
+    /// Admitted again after preemption: `block_ids` is the whole block table, and every token
+    /// so far (prompt and output) is computed again.
     Resumed,
-    /// Already running: `block_ids` holds only blocks added this step, `token_ids` is empty (the
-    /// caller knows the tokens it sampled).
+    /// Already running: `block_ids` holds only blocks added this step.
     Running,
 }
 
@@ -96,8 +95,6 @@ pub struct ScheduledDetail {
     pub kind: ScheduledKind,
     /// Block ids (all for new and resumed requests, only the added ones for running requests).
     pub block_ids: Vec<u32>,
-    /// Token ids the caller may not know yet (see [`ScheduledKind`]).
-    pub token_ids: Vec<u32>,
 }
 
 /// One step's work as parallel lists, one position per scheduled request in scheduling order
@@ -131,8 +128,6 @@ pub struct ScheduledEntry<'a> {
     pub num_scheduled_tokens: u32,
     /// Blocks given this step (see [`ScheduledDetail::block_ids`]).
     pub block_ids: &'a [u32],
-    /// Tokens the caller may not know (see [`ScheduledDetail::token_ids`]).
-    pub token_ids: &'a [u32],
     /// Whether one token is sampled.
     pub sample: bool,
 }
@@ -194,18 +189,12 @@ impl ScheduledBatch {
         self.sample.push(sample);
     }
 
-    /// Give the entry pushed last its kind, blocks and tokens.
-    pub fn set_last_detail(
-        &mut self,
-        kind: ScheduledKind,
-        block_ids: Vec<u32>,
-        token_ids: Vec<u32>,
-    ) {
+    /// Give the entry pushed last its kind and blocks.
+    pub fn set_last_detail(&mut self, kind: ScheduledKind, block_ids: Vec<u32>) {
         self.details.push(ScheduledDetail {
             index: self.handles.len().saturating_sub(1) as u32,
             kind,
             block_ids,
-            token_ids,
         });
     }
 
@@ -235,7 +224,6 @@ impl ScheduledBatch {
                 num_computed_tokens: self.num_computed_tokens[index],
                 num_scheduled_tokens: self.num_scheduled_tokens[index],
                 block_ids: detail.map_or(&[], |detail| &detail.block_ids),
-                token_ids: detail.map_or(&[], |detail| &detail.token_ids),
                 sample: self.sample[index],
             }
         })

@@ -461,7 +461,7 @@ impl Scheduler {
             if !block_ids.is_empty() {
                 draft
                     .batch
-                    .set_last_detail(ScheduledKind::Running, block_ids, Vec::new());
+                    .set_last_detail(ScheduledKind::Running, block_ids);
             }
             draft.scheduled.push(idx);
             draft.budget -= num_new_tokens;
@@ -599,11 +599,7 @@ impl Scheduler {
                 ScheduleKind::First => ScheduledKind::New,
                 ScheduleKind::Resume => ScheduledKind::Resumed,
             };
-            batch.set_last_detail(
-                scheduled_kind,
-                request.block_ids.clone(),
-                request.token_ids.clone(),
-            );
+            batch.set_last_detail(scheduled_kind, request.block_ids.clone());
             handles.push(idx);
             *budget -= num_new_tokens;
             // Admissions are final at once (running tokens may still be taken back by a

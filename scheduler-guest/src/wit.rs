@@ -267,7 +267,6 @@ macro_rules! wit_conversions {
                 index,
                 kind,
                 block_ids,
-                token_ids,
             }
         );
         $crate::__wit_record!(

@@ -509,8 +509,9 @@ fn s31_preempted_request_resumes_with_its_generated_tokens() {
     let resume = s.schedule(100);
     assert_eq!(ids_of_kind(&s, &resume, ScheduledKind::Resumed), ["low"]);
     let low = resume.batch.entries().next().unwrap();
-    assert_eq!(low.token_ids.len(), 32);
-    assert_eq!(low.token_ids[31], 100);
+    let tokens = s.request("low").unwrap().all_token_ids();
+    assert_eq!(tokens.len(), 32);
+    assert_eq!(tokens[31], 100);
     assert_eq!(low.num_scheduled_tokens, 32);
 }
 

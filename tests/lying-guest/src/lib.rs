@@ -101,7 +101,6 @@ fn first_detail(batch: &mut wit::ScheduledBatch) -> &mut wit::ScheduledDetail {
                 index: 0,
                 kind: wit::ScheduledKind::Running,
                 block_ids: Vec::new(),
-                token_ids: Vec::new(),
             },
         );
     }
