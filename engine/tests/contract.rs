@@ -117,11 +117,7 @@ fn setup(prompts: &[u32], prefix_hits: &[u32]) -> (ComponentBackend<Scripted>, S
         batch.num_computed_tokens.push(computed);
         batch.num_scheduled_tokens.push(len - computed);
         batch.sample.push(true);
-        batch.details.push(ScheduledDetail {
-            index: index as u32,
-            kind: ScheduledKind::New,
-            block_ids: blocks,
-        });
+        batch.set_last_detail(ScheduledKind::New, &blocks);
     }
     let step = SchedulerOutput {
         step: 1,
@@ -171,6 +167,7 @@ enum Lie {
     UnknownEventId,
     ListsDiffer,
     DetailOutOfRange,
+    BlockCountMismatch,
 }
 
 fn lie() -> impl Strategy<Value = Lie> {
@@ -191,7 +188,14 @@ fn lie() -> impl Strategy<Value = Lie> {
         Just(Lie::UnknownEventId),
         Just(Lie::ListsDiffer),
         Just(Lie::DetailOutOfRange),
+        Just(Lie::BlockCountMismatch),
     ]
+}
+
+/// Where entry `at`'s blocks sit in the batch's block list (every entry has a detail here).
+fn blocks_of(batch: &ScheduledBatch, at: usize) -> std::ops::Range<usize> {
+    let first: u32 = batch.details[..at].iter().map(|d| d.num_blocks).sum();
+    first as usize..(first + batch.details[at].num_blocks) as usize
 }
 
 /// The QUEUED event of a request that only another scheduler has.
@@ -229,7 +233,11 @@ fn tell(lie: Lie, step: &mut SchedulerOutput, at: usize) -> fn(&ContractViolatio
             batch.handles[other] = batch.handles[at];
             batch.num_computed_tokens[other] = batch.num_computed_tokens[at];
             batch.num_scheduled_tokens[other] = batch.num_scheduled_tokens[at];
-            batch.details[other].block_ids = batch.details[at].block_ids.clone();
+            let blocks = batch.block_ids[blocks_of(batch, at)].to_vec();
+            batch
+                .block_ids
+                .splice(blocks_of(batch, other), blocks.iter().copied());
+            batch.details[other].num_blocks = blocks.len() as u32;
             |v| matches!(v, ContractViolation::RepeatedHandle { .. })
         }
         Lie::RangePastKnownTokens => {
@@ -238,15 +246,19 @@ fn tell(lie: Lie, step: &mut SchedulerOutput, at: usize) -> fn(&ContractViolatio
             |v| matches!(v, ContractViolation::RangePastKnownTokens { .. })
         }
         Lie::BlockZero => {
-            batch.details[at].block_ids[0] = 0;
+            let first = blocks_of(batch, at).start;
+            batch.block_ids[first] = 0;
             |v| matches!(v, ContractViolation::BlockOutOfRange { block: 0, .. })
         }
         Lie::BlockPastCache => {
-            batch.details[at].block_ids[0] = NUM_BLOCKS;
+            let first = blocks_of(batch, at).start;
+            batch.block_ids[first] = NUM_BLOCKS;
             |v| matches!(v, ContractViolation::BlockOutOfRange { .. })
         }
         Lie::TooFewBlocks => {
-            batch.details[at].block_ids.pop();
+            let last = blocks_of(batch, at).end - 1;
+            batch.block_ids.remove(last);
+            batch.details[at].num_blocks -= 1;
             |v| matches!(v, ContractViolation::TooFewBlocks { .. })
         }
         Lie::OverTokenBudget => {
@@ -313,6 +325,10 @@ fn tell(lie: Lie, step: &mut SchedulerOutput, at: usize) -> fn(&ContractViolatio
             batch.details[at].index = batch.handles.len() as u32;
             |v| matches!(v, ContractViolation::Malformed { .. })
         }
+        Lie::BlockCountMismatch => {
+            batch.details[at].num_blocks += 1;
+            |v| matches!(v, ContractViolation::Malformed { .. })
+        }
     }
 }
 
@@ -360,19 +376,22 @@ proptest! {
         scheduled in prop::collection::vec(0u32..300, 0..16),
         sample in prop::collection::vec(any::<bool>(), 0..16),
         blocks in prop::collection::vec((0u32..16, prop::collection::vec(0u32..600, 0..20)), 0..8),
+        stray_blocks in prop::collection::vec(0u32..600, 0..2),
         total in any::<u32>(),
     ) {
         let (mut backend, _) = setup(&prompts, &hits);
+        let mut block_ids = Vec::new();
         let details = blocks
             .into_iter()
-            .map(|(index, block_ids)| ScheduledDetail {
-                index,
-                kind: ScheduledKind::New,
-                block_ids,
+            .map(|(index, blocks)| {
+                block_ids.extend_from_slice(&blocks);
+                ScheduledDetail { index, kind: ScheduledKind::New, num_blocks: blocks.len() as u32 }
             })
             .collect();
+        // Sometimes blocks that no detail counts.
+        block_ids.extend(stray_blocks);
         let step = SchedulerOutput {
-            batch: ScheduledBatch { handles, num_computed_tokens: computed, num_scheduled_tokens: scheduled, sample, details },
+            batch: ScheduledBatch { handles, num_computed_tokens: computed, num_scheduled_tokens: scheduled, sample, details, block_ids },
             total_num_scheduled_tokens: total,
             ..SchedulerOutput::default()
         };
@@ -432,7 +451,7 @@ fn an_accepted_step_grows_the_known_tokens_by_the_sampled_ones() {
             num_computed_tokens: vec![4, 4],
             num_scheduled_tokens: vec![1, 1],
             sample: vec![true, true],
-            details: Vec::new(),
+            ..ScheduledBatch::default()
         },
         total_num_scheduled_tokens: 2,
         ..SchedulerOutput::default()

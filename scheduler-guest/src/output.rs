@@ -86,20 +86,23 @@ pub enum ScheduledKind {
     Running,
 }
 
-/// The full record of a batch entry that is new, resumed, or a running request given blocks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The record of a batch entry that is new, resumed, or a running request given blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduledDetail {
     /// The entry's position in the batch.
     pub index: u32,
     /// New, resumed or running.
     pub kind: ScheduledKind,
-    /// Block ids (all for new and resumed requests, only the added ones for running requests).
-    pub block_ids: Vec<u32>,
+    /// How many of [`ScheduledBatch::block_ids`] are this entry's: all of its blocks for new and
+    /// resumed requests, only the added ones for running requests.
+    pub num_blocks: u32,
 }
 
 /// One step's work as parallel lists, one position per scheduled request in scheduling order
 /// (the shape of vLLM's `CachedRequestData`): a decode step is a few flat arrays, and a
-/// position carries a [`ScheduledDetail`] only when it has blocks or tokens to tell.
+/// position carries a [`ScheduledDetail`] only when it has blocks to tell. The details' blocks
+/// share one list, so a step's blocks cross the boundary as one array however many entries
+/// have some.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduledBatch {
     /// The requests.
@@ -113,6 +116,9 @@ pub struct ScheduledBatch {
     /// Details of the positions that have any, in position order; every other position is a
     /// running request with no new blocks.
     pub details: Vec<ScheduledDetail>,
+    /// The details' blocks, in detail order: each detail's `num_blocks` follow those of the
+    /// details before it.
+    pub block_ids: Vec<u32>,
 }
 
 /// One position of a [`ScheduledBatch`], its detail filled in.
@@ -126,7 +132,7 @@ pub struct ScheduledEntry<'a> {
     pub num_computed_tokens: u32,
     /// Tokens to compute this step.
     pub num_scheduled_tokens: u32,
-    /// Blocks given this step (see [`ScheduledDetail::block_ids`]).
+    /// Blocks given this step (see [`ScheduledDetail::num_blocks`]).
     pub block_ids: &'a [u32],
     /// Whether one token is sampled.
     pub sample: bool,
@@ -141,6 +147,7 @@ impl ScheduledBatch {
             num_scheduled_tokens: Vec::with_capacity(capacity),
             sample: Vec::with_capacity(capacity),
             details: Vec::new(),
+            block_ids: Vec::new(),
         }
     }
 
@@ -154,8 +161,9 @@ impl ScheduledBatch {
         self.handles.is_empty()
     }
 
-    /// Whether every parallel list has one value per handle and the details are in order
-    /// within the batch; a batch from an untrusted scheduler is checked with this first.
+    /// Whether every parallel list has one value per handle, the details are in order within
+    /// the batch and their blocks add up to the block list; a batch from an untrusted scheduler
+    /// is checked with this first.
     pub fn is_well_formed(&self) -> bool {
         let count = self.handles.len();
         let lists = [
@@ -164,13 +172,16 @@ impl ScheduledBatch {
             self.sample.len(),
         ];
         let mut next = 0;
+        let mut num_blocks: u64 = 0;
         lists.iter().all(|&len| len == count)
             && self.details.iter().all(|detail| {
                 let index = detail.index as usize;
                 let in_order = index >= next && index < count;
                 next = index + 1;
+                num_blocks += u64::from(detail.num_blocks);
                 in_order
             })
+            && num_blocks == self.block_ids.len() as u64
     }
 
     /// Append an entry: a running request given no new blocks, unless
@@ -190,12 +201,13 @@ impl ScheduledBatch {
     }
 
     /// Give the entry pushed last its kind and blocks.
-    pub fn set_last_detail(&mut self, kind: ScheduledKind, block_ids: Vec<u32>) {
+    pub fn set_last_detail(&mut self, kind: ScheduledKind, block_ids: &[u32]) {
         self.details.push(ScheduledDetail {
             index: self.handles.len().saturating_sub(1) as u32,
             kind,
-            block_ids,
+            num_blocks: block_ids.len() as u32,
         });
+        self.block_ids.extend_from_slice(block_ids);
     }
 
     /// Remove the entry at `index`, shifting later ones (and their details) down.
@@ -205,6 +217,17 @@ impl ScheduledBatch {
         self.num_scheduled_tokens.remove(index);
         self.sample.remove(index);
         let index = index as u32;
+        let mut first_block = 0;
+        for detail in &self.details {
+            if detail.index >= index {
+                if detail.index == index {
+                    let blocks = first_block..first_block + detail.num_blocks as usize;
+                    self.block_ids.drain(blocks);
+                }
+                break;
+            }
+            first_block += detail.num_blocks as usize;
+        }
         self.details.retain(|detail| detail.index != index);
         for detail in &mut self.details {
             if detail.index > index {
@@ -216,14 +239,25 @@ impl ScheduledBatch {
     /// The entries in order, details filled in. For a well-formed batch.
     pub fn entries(&self) -> impl Iterator<Item = ScheduledEntry<'_>> + '_ {
         let mut details = self.details.iter().peekable();
+        let mut blocks = self.block_ids.as_slice();
         (0..self.handles.len()).map(move |index| {
             let detail = details.next_if(|detail| detail.index as usize == index);
+            let block_ids = match detail {
+                Some(detail) => {
+                    let (these, rest) = blocks
+                        .split_at_checked(detail.num_blocks as usize)
+                        .unwrap_or((blocks, &[]));
+                    blocks = rest;
+                    these
+                }
+                None => &[],
+            };
             ScheduledEntry {
                 handle: self.handles[index],
                 kind: detail.map_or(ScheduledKind::Running, |detail| detail.kind),
                 num_computed_tokens: self.num_computed_tokens[index],
                 num_scheduled_tokens: self.num_scheduled_tokens[index],
-                block_ids: detail.map_or(&[], |detail| &detail.block_ids),
+                block_ids,
                 sample: self.sample[index],
             }
         })
@@ -368,7 +402,34 @@ pub struct SchedulerStats {
 mod tests {
     use core::hash::BuildHasher;
 
-    use super::{BuildHandleHasher, RequestHandle};
+    use alloc::vec::Vec;
+
+    use super::{BuildHandleHasher, RequestHandle, ScheduledBatch, ScheduledKind};
+
+    #[test]
+    fn removing_an_entry_takes_its_blocks_and_leaves_the_others_with_theirs() {
+        let mut batch = ScheduledBatch::with_capacity(4);
+        batch.push(RequestHandle(1), 0, 32, true);
+        batch.set_last_detail(ScheduledKind::New, &[3, 4]);
+        batch.push(RequestHandle(2), 15, 1, true);
+        batch.push(RequestHandle(3), 16, 1, true);
+        batch.set_last_detail(ScheduledKind::Running, &[7]);
+        batch.push(RequestHandle(4), 0, 20, true);
+        batch.set_last_detail(ScheduledKind::Resumed, &[8, 9]);
+        assert!(batch.is_well_formed());
+        batch.remove(2);
+        assert!(batch.is_well_formed());
+        let blocks: Vec<(u64, &[u32])> = batch
+            .entries()
+            .map(|entry| (entry.handle.0, entry.block_ids))
+            .collect();
+        assert_eq!(blocks, [(1, &[3, 4][..]), (2, &[][..]), (4, &[8, 9][..])]);
+        batch.remove(0);
+        assert_eq!(batch.block_ids, [8, 9]);
+        assert_eq!(batch.details[0].index, 1);
+        batch.details[0].num_blocks = 1;
+        assert!(!batch.is_well_formed(), "a block no detail counts");
+    }
 
     #[test]
     fn neighbouring_handles_hash_to_neighbouring_buckets_with_different_control_bytes() {

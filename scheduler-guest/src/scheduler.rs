@@ -434,20 +434,20 @@ impl Scheduler {
                 position += 1;
                 continue;
             }
-            let (request, block_ids) =
+            let (request, num_new_blocks) =
                 match self
                     .kv
                     .allocate_slots(request, num_new_tokens, &no_hit, false)
                 {
-                    Some(block_ids) => (request, block_ids),
+                    Some(num_new_blocks) => (request, num_new_blocks),
                     None => {
                         preempted = true;
-                        let Some(block_ids) =
+                        let Some(num_new_blocks) =
                             self.preempt_for(idx, num_new_tokens, &mut position, draft)
                         else {
                             continue;
                         };
-                        (&mut self.requests[idx], block_ids)
+                        (&mut self.requests[idx], num_new_blocks)
                     }
                 };
             request.scheduled_step = draft.step;
@@ -458,10 +458,12 @@ impl Scheduler {
                 num_new_tokens,
                 request.num_computed_tokens + num_new_tokens >= request.num_tokens(),
             );
-            if !block_ids.is_empty() {
+            if num_new_blocks > 0 {
+                let held = request.block_ids.len();
+                let new_blocks = &request.block_ids[held - num_new_blocks as usize..];
                 draft
                     .batch
-                    .set_last_detail(ScheduledKind::Running, block_ids);
+                    .set_last_detail(ScheduledKind::Running, new_blocks);
             }
             draft.scheduled.push(idx);
             draft.budget -= num_new_tokens;
@@ -471,7 +473,7 @@ impl Scheduler {
     }
 
     /// Preempt running requests, the policy's victim first, until the running request `idx` at
-    /// `position` gets slots for `num_new_tokens` (its new blocks), or is preempted itself
+    /// `position` gets slots for `num_new_tokens` (how many new blocks), or is preempted itself
     /// (`None`). A victim already in the draft leaves it and gives its tokens back.
     fn preempt_for(
         &mut self,
@@ -479,7 +481,7 @@ impl Scheduler {
         num_new_tokens: u32,
         position: &mut usize,
         draft: &mut StepDraft,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<u32> {
         let no_hit = ComputedBlocks::default();
         loop {
             let victim_position = self.preemption_victim(draft.now_ns);
@@ -599,7 +601,7 @@ impl Scheduler {
                 ScheduleKind::First => ScheduledKind::New,
                 ScheduleKind::Resume => ScheduledKind::Resumed,
             };
-            batch.set_last_detail(scheduled_kind, request.block_ids.clone());
+            batch.set_last_detail(scheduled_kind, &request.block_ids);
             handles.push(idx);
             *budget -= num_new_tokens;
             // Admissions are final at once (running tokens may still be taken back by a

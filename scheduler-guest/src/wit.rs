@@ -266,7 +266,7 @@ macro_rules! wit_conversions {
             $wit::ScheduledDetail = $crate::ScheduledDetail {
                 index,
                 kind,
-                block_ids,
+                num_blocks,
             }
         );
         $crate::__wit_record!(
@@ -276,6 +276,7 @@ macro_rules! wit_conversions {
                 num_scheduled_tokens,
                 sample,
                 details,
+                block_ids,
             }
         );
         $crate::__wit_record!(

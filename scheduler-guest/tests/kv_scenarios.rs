@@ -26,14 +26,20 @@ fn request(id: &str, tokens: Vec<u32>, manager: &KvCacheManager) -> Request {
     )
 }
 
-/// Prefix-cache lookup plus allocation for the whole prompt, as a first admission does.
+/// Prefix-cache lookup plus allocation for the whole prompt, as a first admission does; the
+/// newly allocated blocks are the last of the request's.
 fn admit(
     manager: &mut KvCacheManager,
     request: &mut Request,
 ) -> (ComputedBlocks, Option<Vec<u32>>) {
     let hit = manager.get_computed_blocks(request);
     let wanted = request.num_tokens() - hit.num_tokens;
-    let new = manager.allocate_slots(request, wanted, &hit, false);
+    let new = manager
+        .allocate_slots(request, wanted, &hit, false)
+        .map(|num_new| {
+            let blocks = request.block_ids();
+            blocks[blocks.len() - num_new as usize..].to_vec()
+        });
     (hit, new)
 }
 
@@ -197,7 +203,8 @@ fn p8_caching_full_blocks_adds_one_table_entry_each() {
     let tokens: Vec<u32> = (0..14).collect();
     extend_block_hashes(&mut hashes, &tokens, 4, None);
     assert_eq!(hashes.len(), 3);
-    let blocks = pool.get_new_blocks(4).unwrap();
+    let mut blocks = Vec::new();
+    pool.get_new_blocks(4, &mut blocks).unwrap();
     pool.cache_block(blocks[0], hashes[0]);
     pool.cache_block(blocks[1], hashes[1]);
     assert_eq!(pool.num_cached_hashes(), 2);
@@ -407,7 +414,8 @@ fn kv_events_name_the_parent_block_and_the_first_blocks_salt() {
 fn p16_evicting_one_of_two_blocks_with_the_same_hash_keeps_the_other() {
     let mut pool = BlockPool::new(5);
     let hash = hash_block_tokens(none_hash(), &[1, 2, 3, 4], ExtraKeys::default());
-    let blocks = pool.get_new_blocks(2).unwrap();
+    let mut blocks = Vec::new();
+    pool.get_new_blocks(2, &mut blocks).unwrap();
     pool.cache_block(blocks[0], hash);
     pool.cache_block(blocks[1], hash);
     assert_eq!(pool.num_blocks_cached_under(hash), 2);
@@ -425,7 +433,9 @@ fn u1_free_queue_pops_removes_appends_and_reports_empty() {
     assert_eq!(queue.iter().collect::<Vec<_>>(), [1, 3]);
     queue.append(2);
     assert_eq!(queue.iter().collect::<Vec<_>>(), [1, 3, 2]);
-    assert_eq!(queue.popleft_n(3).unwrap(), [1, 3, 2]);
+    let mut taken = Vec::new();
+    queue.popleft_n(3, &mut taken).unwrap();
+    assert_eq!(taken, [1, 3, 2]);
     assert!(queue.is_empty());
     let error = queue.popleft().unwrap_err();
     assert_eq!(error.to_string(), "no free blocks available");
@@ -434,11 +444,16 @@ fn u1_free_queue_pops_removes_appends_and_reports_empty() {
 #[test]
 fn u2_popleft_n_takes_blocks_in_queue_order() {
     let mut queue = FreeBlockQueue::from_order(6, &[1, 3, 5, 4, 0, 2]);
-    assert_eq!(queue.popleft_n(1).unwrap(), [1]);
-    assert_eq!(queue.popleft_n(2).unwrap(), [3, 5]);
-    assert_eq!(queue.popleft_n(3).unwrap(), [4, 0, 2]);
+    let mut taken = Vec::new();
+    queue.popleft_n(1, &mut taken).unwrap();
+    assert_eq!(taken, [1]);
+    queue.popleft_n(2, &mut taken).unwrap();
+    assert_eq!(taken, [1, 3, 5]);
+    queue.popleft_n(3, &mut taken).unwrap();
+    assert_eq!(taken, [1, 3, 5, 4, 0, 2]);
     assert!((0..6).all(|b| !queue.contains(b)));
-    assert!(queue.popleft_n(1).is_err());
+    assert!(queue.popleft_n(1, &mut taken).is_err());
+    assert_eq!(taken.len(), 6);
 }
 
 #[test]

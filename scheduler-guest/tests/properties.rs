@@ -359,7 +359,8 @@ proptest! {
         for op in ops {
             match op {
                 PoolOp::Take { n } => {
-                    if let Ok(blocks) = pool.get_new_blocks(u32::from(n)) {
+                    let mut blocks = Vec::new();
+                    if pool.get_new_blocks(u32::from(n), &mut blocks).is_ok() {
                         for &block in &blocks {
                             forget(&mut eager, &mut hash_of, block);
                         }

@@ -167,15 +167,16 @@ impl BlockPool {
             .copied()
     }
 
-    /// Take `n` blocks from the head of the free queue, evicting their cached hashes; each gets
-    /// reference count 1. Takes nothing when fewer than `n` are free.
-    pub fn get_new_blocks(&mut self, n: u32) -> Result<Vec<u32>, NoFreeBlocks> {
-        let blocks = self.free.popleft_n(n)?;
-        for &block in &blocks {
+    /// Take `n` blocks from the head of the free queue onto the end of `into`, evicting their
+    /// cached hashes; each gets reference count 1. Takes nothing when fewer than `n` are free.
+    pub fn get_new_blocks(&mut self, n: u32, into: &mut Vec<u32>) -> Result<(), NoFreeBlocks> {
+        let first = into.len();
+        self.free.popleft_n(n, into)?;
+        for &block in &into[first..] {
             self.evict(block);
             self.ref_counts[block as usize] = 1;
         }
-        Ok(blocks)
+        Ok(())
     }
 
     /// Take a reference on cache-hit blocks; a free one leaves the free queue.

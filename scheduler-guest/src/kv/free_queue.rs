@@ -90,12 +90,17 @@ impl FreeBlockQueue {
         Ok(first)
     }
 
-    /// Take the first `n` blocks, head first; takes nothing when fewer than `n` are free.
-    pub fn popleft_n(&mut self, n: u32) -> Result<Vec<u32>, NoFreeBlocks> {
+    /// Take the first `n` blocks, head first, onto the end of `into`; takes nothing when fewer
+    /// than `n` are free.
+    pub fn popleft_n(&mut self, n: u32, into: &mut Vec<u32>) -> Result<(), NoFreeBlocks> {
         if n > self.len {
             return Err(NoFreeBlocks);
         }
-        (0..n).map(|_| self.popleft()).collect()
+        into.reserve(n as usize);
+        for _ in 0..n {
+            into.push(self.popleft()?);
+        }
+        Ok(())
     }
 
     /// Unlink `block` from wherever it sits. A block not in the queue is left alone.

@@ -183,8 +183,9 @@ impl KvCacheManager {
     }
 
     /// Give `request` slots for `num_new_tokens` more tokens after its computed ones (and after
-    /// `hit`, a prefix-cache hit taken now). Returns the newly allocated blocks, or `None` when
-    /// they do not fit; then nothing changed (hit blocks were not touched).
+    /// `hit`, a prefix-cache hit taken now). Returns how many blocks were allocated (the last of
+    /// the request's block ids), or `None` when they do not fit; then nothing changed (hit
+    /// blocks were not touched).
     ///
     /// With `full_sequence_must_fit`, the blocks for all of the request's tokens must be free
     /// too, not only those for this chunk (vLLM 0.33 admission, `scheduler_reserve_full_isl`).
@@ -195,7 +196,7 @@ impl KvCacheManager {
         num_new_tokens: u32,
         hit: &ComputedBlocks,
         full_sequence_must_fit: bool,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<u32> {
         // Most calls are a decode token that lands in a block the request holds and fills none:
         // answered here, without a call, since every step makes one per running request.
         if hit.block_ids.is_empty() && !full_sequence_must_fit {
@@ -206,7 +207,7 @@ impl KvCacheManager {
             let fills_no_block = self.hasher.is_none()
                 || !self.fills_a_block(request, scheduled.min(request.num_tokens()));
             if fits && fills_no_block {
-                return Some(Vec::new());
+                return Some(0);
             }
         }
         self.allocate_new_slots(request, num_new_tokens, hit, full_sequence_must_fit)
@@ -219,7 +220,7 @@ impl KvCacheManager {
         num_new_tokens: u32,
         hit: &ComputedBlocks,
         full_sequence_must_fit: bool,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<u32> {
         let computed = request.num_computed_tokens + hit.num_tokens;
         let need_slots = (computed + num_new_tokens).min(self.max_model_len);
         let held = request.block_ids.len() as u32 + hit.block_ids.len() as u32;
@@ -244,15 +245,16 @@ impl KvCacheManager {
         if request.num_cached_blocks == 0 {
             request.num_cached_blocks = hit.block_ids.len() as u32;
         }
-        let new_blocks = self.pool.get_new_blocks(num_new_blocks).ok()?;
-        request.block_ids.extend_from_slice(&new_blocks);
+        self.pool
+            .get_new_blocks(num_new_blocks, &mut request.block_ids)
+            .ok()?;
         if self.hasher.is_some() {
             self.cache_full_blocks(
                 request,
                 (computed + num_new_tokens).min(request.num_tokens()),
             );
         }
-        Some(new_blocks)
+        Some(num_new_blocks)
     }
 
     /// Put the request's blocks that will be full after `num_tokens` tokens into the prefix-cache

@@ -115,6 +115,7 @@ impl GuestScheduler for Instance {
                 num_scheduled_tokens: Vec::new(),
                 sample: Vec::new(),
                 details: Vec::new(),
+                block_ids: Vec::new(),
             },
             total_num_scheduled_tokens: 0,
             preempted: Vec::new(),

@@ -92,7 +92,7 @@ fn repeat_first(batch: &mut wit::ScheduledBatch) {
     batch.sample.push(batch.sample[0]);
 }
 
-/// Entry 0's detail, made if it has none.
+/// Entry 0's detail, made if it has none. Its blocks lead the batch's block list.
 fn first_detail(batch: &mut wit::ScheduledBatch) -> &mut wit::ScheduledDetail {
     if batch.details.first().is_none_or(|detail| detail.index != 0) {
         batch.details.insert(
@@ -100,7 +100,7 @@ fn first_detail(batch: &mut wit::ScheduledBatch) -> &mut wit::ScheduledDetail {
             wit::ScheduledDetail {
                 index: 0,
                 kind: wit::ScheduledKind::Running,
-                block_ids: Vec::new(),
+                num_blocks: 0,
             },
         );
     }
@@ -136,11 +136,15 @@ impl Lying {
                 batch.num_scheduled_tokens[0] += 1000;
                 output.total_num_scheduled_tokens += 1000;
             }
-            "block-id" => first_detail(batch).block_ids.push(self.num_blocks + 7),
+            "block-id" => {
+                first_detail(batch).num_blocks += 1;
+                batch.block_ids.insert(0, self.num_blocks + 7);
+            }
             "too-few-blocks" => {
                 let detail = first_detail(batch);
                 detail.kind = wit::ScheduledKind::Resumed;
-                detail.block_ids.clear();
+                let blocks = core::mem::take(&mut detail.num_blocks);
+                batch.block_ids.drain(..blocks as usize);
             }
             "over-budget" => {
                 // Recompute every entry from its first token: each range is still valid.
