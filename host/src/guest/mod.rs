@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Inlining, ResourceLimiter, Store, Trap};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
@@ -141,6 +141,11 @@ impl GuestRuntime {
         // Policies are instantiated once per scheduler and make indirect calls every step
         // (their `Policy` trait objects): filled tables make those calls cheaper.
         config.table_lazy_init(false);
+        // Cranelift inlines small functions the guest's compiler left as calls (compiler
+        // builtins, allocator helpers) and the component's adapters: 6 % fewer instructions on a
+        // simulation through the component, for twice the compile time (about 0.85 s instead of
+        // 0.4 s, once per component, since compiled code is cached).
+        config.compiler_inlining(Inlining::Yes);
         // Compiled components are kept in wasmtime's cache (keyed by the component, wasmtime's
         // version and these settings), so a command starts without compiling again. Without a
         // usable cache directory, components are compiled each time.
