@@ -90,11 +90,15 @@ fn cap_prefill(config: &SchedulerConfig, num_new_tokens: u32, single_request: bo
 }
 
 /// The scheduler state machine. See the module docs for the calling protocol.
-pub struct Scheduler {
+///
+/// `P` is the policy: a trait object by default, so one type holds any policy chosen at run
+/// time; a component that exports one policy names its type, so the policy's calls on every
+/// request of every step are direct and can be inlined.
+pub struct Scheduler<P: ?Sized = dyn Policy> {
     pub(crate) config: SchedulerConfig,
     pub(crate) kv: KvCacheManager,
     pub(crate) requests: RequestTable,
-    pub(crate) waiting: Box<dyn Policy>,
+    pub(crate) waiting: Box<P>,
     pub(crate) running: Vec<ReqIdx>,
     pub(crate) finished_since_schedule: Vec<RequestRef>,
     pub(crate) preempted_since_schedule: Vec<RequestRef>,
@@ -107,7 +111,7 @@ pub struct Scheduler {
     pub(crate) next_handle: u64,
 }
 
-impl core::fmt::Debug for Scheduler {
+impl<P: Policy + ?Sized> core::fmt::Debug for Scheduler<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Scheduler")
             .field("policy", &self.waiting.name())
@@ -123,12 +127,11 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
         Self::with_policy(config, new_policy(config.policy))
     }
+}
 
+impl<P: Policy + ?Sized> Scheduler<P> {
     /// A scheduler with a caller-supplied policy; `config.policy` is not used.
-    pub fn with_policy(
-        config: SchedulerConfig,
-        policy: Box<dyn Policy>,
-    ) -> Result<Self, ConfigError> {
+    pub fn with_policy(config: SchedulerConfig, policy: Box<P>) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut kv = KvCacheManager::new(
             config.num_blocks,

@@ -61,7 +61,7 @@ fn inconsistent(message: String) -> StateError {
     StateError::Inconsistent(message)
 }
 
-impl Scheduler {
+impl<P: Policy + ?Sized> Scheduler<P> {
     /// The whole state as bytes for [`Scheduler::import_state`].
     pub fn export_state(&self) -> Vec<u8> {
         // Requests in id order: the same state gives the same bytes, whatever slots it used.
@@ -119,21 +119,13 @@ impl Scheduler {
         postcard::to_extend(&state, bytes).expect("writing to a Vec cannot fail")
     }
 
-    /// A scheduler with the built-in `policy` continuing from an exported state (of any
-    /// policy); see [`Scheduler::import_state_with`].
-    pub fn import_state(bytes: &[u8], policy: PolicyKind, now_ns: u64) -> Result<Self, StateError> {
-        let mut scheduler = Self::import_state_with(bytes, new_policy(policy), now_ns)?;
-        scheduler.config.policy = policy;
-        Ok(scheduler)
-    }
-
     /// A scheduler with `policy` continuing from an exported state (of any policy): the same
     /// requests, block tables, prefix cache, journey state and step counter. The policy takes
     /// over the exporter's accounting where it can, then the waiting queue is enqueued into it
     /// in the exporter's admission order.
     pub fn import_state_with(
         bytes: &[u8],
-        policy: Box<dyn Policy>,
+        policy: Box<P>,
         now_ns: u64,
     ) -> Result<Self, StateError> {
         let state = decode(bytes)?;
@@ -141,6 +133,16 @@ impl Scheduler {
         config.validate()?;
         let ref_counts = check(&state, &config)?;
         build(state, config, ref_counts, policy, now_ns)
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with the built-in `policy` continuing from an exported state (of any
+    /// policy); see [`Scheduler::import_state_with`].
+    pub fn import_state(bytes: &[u8], policy: PolicyKind, now_ns: u64) -> Result<Self, StateError> {
+        let mut scheduler = Self::import_state_with(bytes, new_policy(policy), now_ns)?;
+        scheduler.config.policy = policy;
+        Ok(scheduler)
     }
 }
 
@@ -312,13 +314,13 @@ fn check(state: &StateV2, config: &SchedulerConfig) -> Result<Vec<u32>, StateErr
 
 /// Build the scheduler; the last check needs the recomputed block hashes: every block a request
 /// counts as cached must be cached under that request's own hash.
-fn build(
+fn build<P: Policy + ?Sized>(
     state: StateV2,
     config: SchedulerConfig,
     ref_counts: Vec<u32>,
-    mut waiting: Box<dyn Policy>,
+    mut waiting: Box<P>,
     now_ns: u64,
-) -> Result<Scheduler, StateError> {
+) -> Result<Scheduler<P>, StateError> {
     let pool = BlockPool::restore(ref_counts, &state.free_blocks, &state.cached_blocks);
     let mut kv = KvCacheManager::from_parts(
         pool,

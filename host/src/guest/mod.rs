@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Cache, CacheConfig, Config, Engine, Inlining, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, Inlining, ProfilingStrategy, ResourceLimiter, Store, Trap,
+};
 use waypoint_engine::component::{ComponentBackend, Transport};
 use waypoint_scheduler::output::{
     Added, EngineOutputs, FinishOutcome, ResetOutcome, SchedulerOutput,
@@ -151,6 +153,11 @@ impl GuestRuntime {
         // usable cache directory, components are compiled each time.
         if let Ok(cache) = Cache::new(CacheConfig::new()) {
             config.cache(Some(cache));
+        }
+        // `perf` names a component's functions only from a perf map (/tmp/perf-PID.map), which
+        // wasmtime writes when asked: set WAYPOINT_PERF_MAP=1 to profile the guest's own code.
+        if std::env::var_os("WAYPOINT_PERF_MAP").is_some() {
+            config.profiler(ProfilingStrategy::PerfMap);
         }
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("starting wasmtime: {e:?}"))?;

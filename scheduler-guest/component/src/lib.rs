@@ -99,28 +99,26 @@ impl<P: Policy + Default + 'static> Guest for Exports<P> {
 /// One scheduler instance with policy `P`; resource methods take `&self`, so the state sits in
 /// a `RefCell`.
 pub struct Component<P> {
-    scheduler: RefCell<Scheduler>,
-    policy: PhantomData<P>,
+    scheduler: RefCell<Scheduler<P>>,
 }
 
 impl<P: Policy + Default + 'static> Component<P> {
-    fn wrap(scheduler: Scheduler) -> Self {
+    fn wrap(scheduler: Scheduler<P>) -> Self {
         Self {
             scheduler: RefCell::new(scheduler),
-            policy: PhantomData,
         }
     }
 
     /// A scheduler for `config` with a fresh `P`.
     pub fn new(config: wit::SchedulerConfig) -> Result<Self, wit::ConfigError> {
-        Scheduler::with_policy(config.convert(), Box::new(P::default()))
+        Scheduler::with_policy(config.convert(), Box::default())
             .map(Self::wrap)
             .map_err(Convert::convert)
     }
 
     /// A scheduler continuing from an exported state, with a fresh `P`.
     pub fn from_state(state: &[u8], now_ns: u64) -> Result<Self, wit::StateError> {
-        Scheduler::import_state_with(state, Box::new(P::default()), now_ns)
+        Scheduler::import_state_with(state, Box::default(), now_ns)
             .map(Self::wrap)
             .map_err(Convert::convert)
     }
