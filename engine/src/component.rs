@@ -135,6 +135,7 @@ impl Mirror {
     }
 
     /// The slot of `handle`: `hint` when it holds that handle, else the index's.
+    #[inline]
     fn slot(&self, handle: RequestHandle, hint: Option<usize>) -> Option<usize> {
         hint.filter(|&slot| {
             self.live
@@ -163,15 +164,18 @@ impl Mirror {
             })
     }
 
-    /// The slot of the unfinished request with this handle.
+    /// The slot and record of the unfinished request with this handle. Inlined: it runs for
+    /// every entry of every step, and left to itself the optimiser called it out of line.
+    #[inline]
     fn unfinished(
-        &self,
+        &mut self,
         call: Call,
         handle: RequestHandle,
         hint: Option<usize>,
-    ) -> Result<usize, ContractViolation> {
+    ) -> Result<(usize, &mut Live), ContractViolation> {
         self.slot(handle, hint)
-            .filter(|&slot| !self.live[slot].finished)
+            .and_then(|slot| Some(slot).zip(self.live.get_mut(slot)))
+            .filter(|(_, live)| !live.finished)
             .ok_or(ContractViolation::UnknownHandle { call, handle })
     }
 
@@ -249,12 +253,12 @@ impl Mirror {
                 .get(position)
                 .filter(|&&(previous, _)| previous == handle)
                 .map(|&(_, slot)| slot);
-            let slot = self.unfinished(CALL, handle, hint)?;
-            let live = &mut self.live[slot];
-            if live.scheduled_stamp == self.stamp {
+            let stamp = self.stamp;
+            let (slot, live) = self.unfinished(CALL, handle, hint)?;
+            if live.scheduled_stamp == stamp {
                 return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
             }
-            live.scheduled_stamp = self.stamp;
+            live.scheduled_stamp = stamp;
             check_entry(live, &entry, config)?;
             sum += u64::from(entry.num_scheduled_tokens);
             in_flight.push((handle, slot));
@@ -316,8 +320,7 @@ impl Mirror {
                 .position(|&(entry, _)| entry == handle)
                 .map(|offset| cursor + offset);
             let hint = sampled.map(|position| self.in_flight[position].1);
-            let slot = self.unfinished(CALL, handle, hint)?;
-            let live = &mut self.live[slot];
+            let (_, live) = self.unfinished(CALL, handle, hint)?;
             let given_token = sampled.and_then(|position| given.sampled_token_ids.get(position));
             if given_token.copied().flatten() != Some(token_id) {
                 return Err(ContractViolation::UnsampledOutput {

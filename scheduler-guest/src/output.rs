@@ -236,31 +236,40 @@ impl ScheduledBatch {
         }
     }
 
-    /// The entries in order, details filled in. For a well-formed batch.
+    /// The entries in order, details filled in. For a well-formed batch (a malformed one ends
+    /// at its shortest list).
     pub fn entries(&self) -> impl Iterator<Item = ScheduledEntry<'_>> + '_ {
         let mut details = self.details.iter().peekable();
         let mut blocks = self.block_ids.as_slice();
-        (0..self.handles.len()).map(move |index| {
-            let detail = details.next_if(|detail| detail.index as usize == index);
-            let block_ids = match detail {
-                Some(detail) => {
-                    let (these, rest) = blocks
-                        .split_at_checked(detail.num_blocks as usize)
-                        .unwrap_or((blocks, &[]));
-                    blocks = rest;
-                    these
+        let lists = self
+            .handles
+            .iter()
+            .zip(&self.num_computed_tokens)
+            .zip(&self.num_scheduled_tokens)
+            .zip(&self.sample);
+        lists.enumerate().map(
+            move |(index, (((&handle, &num_computed_tokens), &num_scheduled_tokens), &sample))| {
+                let detail = details.next_if(|detail| detail.index as usize == index);
+                let block_ids = match detail {
+                    Some(detail) => {
+                        let (these, rest) = blocks
+                            .split_at_checked(detail.num_blocks as usize)
+                            .unwrap_or((blocks, &[]));
+                        blocks = rest;
+                        these
+                    }
+                    None => &[],
+                };
+                ScheduledEntry {
+                    handle,
+                    kind: detail.map_or(ScheduledKind::Running, |detail| detail.kind),
+                    num_computed_tokens,
+                    num_scheduled_tokens,
+                    block_ids,
+                    sample,
                 }
-                None => &[],
-            };
-            ScheduledEntry {
-                handle: self.handles[index],
-                kind: detail.map_or(ScheduledKind::Running, |detail| detail.kind),
-                num_computed_tokens: self.num_computed_tokens[index],
-                num_scheduled_tokens: self.num_scheduled_tokens[index],
-                block_ids,
-                sample: self.sample[index],
-            }
-        })
+            },
+        )
     }
 }
 

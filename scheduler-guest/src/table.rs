@@ -81,7 +81,11 @@ impl RequestTable {
         Some(request)
     }
 
+    // The lookups below are `#[inline]`: the scheduler is generic over its policy, so its step
+    // code is compiled in the crate that names the policy, which without them calls each one.
+
     /// The request behind a handle, unless it has left.
+    #[inline]
     pub fn get(&self, idx: ReqIdx) -> Option<&Request> {
         let entry = self.slots.get(idx.slot as usize)?;
         (entry.generation == idx.generation)
@@ -89,6 +93,7 @@ impl RequestTable {
             .flatten()
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, idx: ReqIdx) -> Option<&mut Request> {
         let entry = self.slots.get_mut(idx.slot as usize)?;
         if entry.generation != idx.generation {
@@ -141,12 +146,14 @@ impl Index<ReqIdx> for RequestTable {
 
     /// # Panics
     /// On a stale handle: the scheduler's queues only ever hold live handles.
+    #[inline]
     fn index(&self, idx: ReqIdx) -> &Request {
         self.get(idx).expect("live request handle")
     }
 }
 
 impl IndexMut<ReqIdx> for RequestTable {
+    #[inline]
     fn index_mut(&mut self, idx: ReqIdx) -> &mut Request {
         self.get_mut(idx).expect("live request handle")
     }
