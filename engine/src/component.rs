@@ -173,10 +173,14 @@ impl Mirror {
         handle: RequestHandle,
         hint: Option<usize>,
     ) -> Result<(usize, &mut Live), ContractViolation> {
-        self.slot(handle, hint)
+        // A match, not `ok_or`: an error built for every entry and dropped showed in the check.
+        match self
+            .slot(handle, hint)
             .and_then(|slot| Some(slot).zip(self.live.get_mut(slot)))
-            .filter(|(_, live)| !live.finished)
-            .ok_or(ContractViolation::UnknownHandle { call, handle })
+        {
+            Some((slot, live)) if !live.finished => Ok((slot, live)),
+            _ => Err(ContractViolation::UnknownHandle { call, handle }),
+        }
     }
 
     /// The request a reference names, if its id is that handle's.
