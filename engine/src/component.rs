@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 use waypoint_scheduler::kv::KvEvent;
 use waypoint_scheduler::output::{
-    Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, ScheduledEntry, SchedulerOutput,
+    Added, EngineOutputs, FinishOutcome, RequestRef, ResetOutcome, SchedulerOutput,
 };
 use waypoint_scheduler::{
     FinishStatus, HandleMap, JourneyEvent, LiveRequest, ModelOutput, NewRequest, RequestError,
@@ -247,25 +247,49 @@ impl Mirror {
         for reference in &output.preempted {
             self.referenced(CALL, reference)?.blocks = 0;
         }
-        let mut sum: u64 = 0;
+        // Three passes, each a short loop: the requests, then the entries' new blocks, then
+        // every entry's range against its request's tokens and blocks.
         self.stamp += 1;
+        let stamp = self.stamp;
         let mut in_flight = Vec::with_capacity(count);
-        for (position, entry) in batch.entries().enumerate() {
-            let handle = entry.handle;
+        for (position, &handle) in batch.handles.iter().enumerate() {
             let hint = self
                 .in_flight
                 .get(position)
                 .filter(|&&(previous, _)| previous == handle)
                 .map(|&(_, slot)| slot);
-            let stamp = self.stamp;
             let (slot, live) = self.unfinished(CALL, handle, hint)?;
             if live.scheduled_stamp == stamp {
                 return Err(ContractViolation::RepeatedHandle { call: CALL, handle });
             }
             live.scheduled_stamp = stamp;
-            check_entry(live, &entry, config)?;
-            sum += u64::from(entry.num_scheduled_tokens);
             in_flight.push((handle, slot));
+        }
+        let mut blocks = batch.block_ids.as_slice();
+        for detail in &batch.details {
+            let (these, rest) = blocks
+                .split_at_checked(detail.num_blocks as usize)
+                .unwrap_or((blocks, &[]));
+            blocks = rest;
+            if let Some(live) = in_flight
+                .get(detail.index as usize)
+                .and_then(|&(_, slot)| self.live.get_mut(slot))
+            {
+                check_blocks(live, detail.kind, these, config)?;
+            }
+        }
+        let block_size = u64::from(config.block_size);
+        let mut sum: u64 = 0;
+        let ranges = batch
+            .num_computed_tokens
+            .iter()
+            .zip(&batch.num_scheduled_tokens)
+            .zip(&batch.sample);
+        for (&(_, slot), ((&computed, &scheduled), &sample)) in in_flight.iter().zip(ranges) {
+            if let Some(live) = self.live.get(slot) {
+                check_range(live, computed, scheduled, sample, block_size)?;
+            }
+            sum += u64::from(scheduled);
         }
         if sum > u64::from(config.max_num_batched_tokens) {
             return Err(ContractViolation::OverTokenBudget {
@@ -487,15 +511,14 @@ fn check_kv_events(
     Ok(())
 }
 
-/// One entry's range, blocks and sampling against what the host knows of its request; the
-/// request's block count follows the entry.
-fn check_entry(
+/// An entry's new blocks: within the cache; its request's block count follows them.
+fn check_blocks(
     live: &mut Live,
-    entry: &ScheduledEntry<'_>,
+    kind: ScheduledKind,
+    block_ids: &[u32],
     config: &SchedulerConfig,
 ) -> Result<(), ContractViolation> {
-    if let Some(&block) = entry
-        .block_ids
+    if let Some(&block) = block_ids
         .iter()
         .find(|&&block| block == 0 || block >= config.num_blocks)
     {
@@ -505,27 +528,38 @@ fn check_entry(
             num_blocks: config.num_blocks,
         });
     }
-    let added = u32::try_from(entry.block_ids.len()).unwrap_or(u32::MAX);
-    live.blocks = match entry.kind {
+    let added = u32::try_from(block_ids.len()).unwrap_or(u32::MAX);
+    live.blocks = match kind {
         ScheduledKind::New | ScheduledKind::Resumed => added,
         ScheduledKind::Running => live.blocks.saturating_add(added),
     };
-    if entry.num_scheduled_tokens == 0 {
+    Ok(())
+}
+
+/// An entry's range and sampling against what the host knows of its request's tokens and
+/// blocks.
+fn check_range(
+    live: &Live,
+    computed: u32,
+    scheduled: u32,
+    sample: bool,
+    block_size: u64,
+) -> Result<(), ContractViolation> {
+    if scheduled == 0 {
         return Err(ContractViolation::EmptyEntry {
             id: live.id.to_string(),
         });
     }
-    let end = u64::from(entry.num_computed_tokens) + u64::from(entry.num_scheduled_tokens);
+    let end = u64::from(computed) + u64::from(scheduled);
     if end > u64::from(live.known_tokens) {
         return Err(ContractViolation::RangePastKnownTokens {
             id: live.id.to_string(),
-            computed: entry.num_computed_tokens,
-            scheduled: entry.num_scheduled_tokens,
+            computed,
+            scheduled,
             known: live.known_tokens,
         });
     }
     // Compared by multiplying: a division per entry showed in the component's step time.
-    let block_size = u64::from(config.block_size);
     if end > u64::from(live.blocks) * block_size {
         return Err(ContractViolation::TooFewBlocks {
             id: live.id.to_string(),
@@ -533,7 +567,7 @@ fn check_entry(
             have: live.blocks,
         });
     }
-    if entry.sample && end != u64::from(live.known_tokens) {
+    if sample && end != u64::from(live.known_tokens) {
         return Err(ContractViolation::SampleBeforeEnd {
             id: live.id.to_string(),
         });
