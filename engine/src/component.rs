@@ -176,7 +176,7 @@ impl Mirror {
         // A match, not `ok_or`: an error built for every entry and dropped showed in the check.
         match self
             .slot(handle, hint)
-            .and_then(|slot| Some(slot).zip(self.live.get_mut(slot)))
+            .and_then(|slot| self.live.get_mut(slot).map(|live| (slot, live)))
         {
             Some((slot, live)) if !live.finished => Ok((slot, live)),
             _ => Err(ContractViolation::UnknownHandle { call, handle }),
@@ -265,17 +265,12 @@ impl Mirror {
             live.scheduled_stamp = stamp;
             in_flight.push((handle, slot));
         }
-        let mut blocks = batch.block_ids.as_slice();
-        for detail in &batch.details {
-            let (these, rest) = blocks
-                .split_at_checked(detail.num_blocks as usize)
-                .unwrap_or((blocks, &[]));
-            blocks = rest;
+        for (detail, block_ids) in batch.detail_blocks() {
             if let Some(live) = in_flight
                 .get(detail.index as usize)
                 .and_then(|&(_, slot)| self.live.get_mut(slot))
             {
-                check_blocks(live, detail.kind, these, config)?;
+                check_blocks(live, detail.kind, block_ids, config)?;
             }
         }
         let block_size = u64::from(config.block_size);

@@ -236,11 +236,23 @@ impl ScheduledBatch {
         }
     }
 
+    /// Each detail with its share of [`Self::block_ids`], in order. For a well-formed batch (in
+    /// a malformed one, a detail past the list's end gets what is left).
+    pub fn detail_blocks(&self) -> impl Iterator<Item = (&ScheduledDetail, &[u32])> + '_ {
+        let mut blocks = self.block_ids.as_slice();
+        self.details.iter().map(move |detail| {
+            let (these, rest) = blocks
+                .split_at_checked(detail.num_blocks as usize)
+                .unwrap_or((blocks, &[]));
+            blocks = rest;
+            (detail, these)
+        })
+    }
+
     /// The entries in order, details filled in. For a well-formed batch (a malformed one ends
     /// at its shortest list).
     pub fn entries(&self) -> impl Iterator<Item = ScheduledEntry<'_>> + '_ {
-        let mut details = self.details.iter().peekable();
-        let mut blocks = self.block_ids.as_slice();
+        let mut details = self.detail_blocks().peekable();
         let lists = self
             .handles
             .iter()
@@ -249,23 +261,13 @@ impl ScheduledBatch {
             .zip(&self.sample);
         lists.enumerate().map(
             move |(index, (((&handle, &num_computed_tokens), &num_scheduled_tokens), &sample))| {
-                let detail = details.next_if(|detail| detail.index as usize == index);
-                let block_ids = match detail {
-                    Some(detail) => {
-                        let (these, rest) = blocks
-                            .split_at_checked(detail.num_blocks as usize)
-                            .unwrap_or((blocks, &[]));
-                        blocks = rest;
-                        these
-                    }
-                    None => &[],
-                };
+                let detail = details.next_if(|(detail, _)| detail.index as usize == index);
                 ScheduledEntry {
                     handle,
-                    kind: detail.map_or(ScheduledKind::Running, |detail| detail.kind),
+                    kind: detail.map_or(ScheduledKind::Running, |(detail, _)| detail.kind),
                     num_computed_tokens,
                     num_scheduled_tokens,
-                    block_ids,
+                    block_ids: detail.map_or(&[], |(_, blocks)| blocks),
                     sample,
                 }
             },
