@@ -14,8 +14,8 @@ const LIMITS: GuestLimits = GuestLimits {
     call_timeout: Duration::from_millis(100),
 };
 
-/// For the allocation test, whose guest must meet the memory limit before any deadline: a
-/// debug build on a busy two-core machine can take longer than 100 ms to fill 32 MiB.
+/// For the tests whose guest must meet its own fault before any deadline: a debug build on a
+/// busy two-core machine can take longer than 100 ms to fill 32 MiB.
 const PATIENT_LIMITS: GuestLimits = GuestLimits {
     call_timeout: Duration::from_secs(30),
     ..LIMITS
@@ -66,7 +66,7 @@ fn assert_reload_restores_service(backend: &mut dyn SchedulerBackend) {
 
 #[test]
 fn a_trap_on_the_fifth_call_is_a_typed_fault_and_a_reload_recovers() {
-    let mut backend = hostile("trap")
+    let mut backend = hostile_with("trap", PATIENT_LIMITS)
         .create(config())
         .expect("creating is not a counted call");
     for i in 0..4 {
