@@ -21,11 +21,7 @@ const PATIENT_LIMITS: GuestLimits = GuestLimits {
     ..LIMITS
 };
 
-fn hostile(name: &str) -> PolicyModule {
-    hostile_with(name, LIMITS)
-}
-
-fn hostile_with(name: &str, limits: GuestLimits) -> PolicyModule {
+fn hostile(name: &str, limits: GuestLimits) -> PolicyModule {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../components/hostile/{name}.wasm"));
     let runtime = GuestRuntime::new(limits).expect("wasmtime starts");
@@ -66,7 +62,7 @@ fn assert_reload_restores_service(backend: &mut dyn SchedulerBackend) {
 
 #[test]
 fn a_trap_on_the_fifth_call_is_a_typed_fault_and_a_reload_recovers() {
-    let mut backend = hostile_with("trap", PATIENT_LIMITS)
+    let mut backend = hostile("trap", PATIENT_LIMITS)
         .create(config())
         .expect("creating is not a counted call");
     for i in 0..4 {
@@ -86,7 +82,7 @@ fn a_trap_on_the_fifth_call_is_a_typed_fault_and_a_reload_recovers() {
 
 #[test]
 fn a_runaway_loop_is_interrupted_at_the_call_deadline() {
-    let mut backend = hostile("spin").create(config()).expect("create");
+    let mut backend = hostile("spin", LIMITS).create(config()).expect("create");
     let start = Instant::now();
     assert_eq!(
         fault(backend.schedule(1)),
@@ -102,7 +98,7 @@ fn a_runaway_loop_is_interrupted_at_the_call_deadline() {
 
 #[test]
 fn unbounded_allocation_stops_at_the_memory_limit() {
-    let mut backend = hostile_with("grow", PATIENT_LIMITS)
+    let mut backend = hostile("grow", PATIENT_LIMITS)
         .create(config())
         .expect("create");
     assert_eq!(
