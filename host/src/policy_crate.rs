@@ -215,8 +215,8 @@ mod tests {
 
     #[test]
     fn a_new_crate_goes_only_into_an_empty_folder() {
-        let dir = std::env::temp_dir().join(format!("waypoint-policy-new-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let dir = scratch.path().join("edf-v2");
         let files = new_crate("edf-v2", &dir, &default_sdk()).expect("written");
         assert_eq!(files.len(), 4);
         let lib = fs::read_to_string(dir.join("src/lib.rs")).expect("lib.rs");
@@ -230,6 +230,5 @@ mod tests {
             new_crate("x", &dir.join("other"), &dir.join("no-sdk")),
             Err(PolicyCrateError::NoSdk(_))
         ));
-        fs::remove_dir_all(&dir).expect("cleaned up");
     }
 }

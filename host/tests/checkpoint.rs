@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::{max_relative_error, test_device};
+use tempfile::TempDir;
 use waypoint::model::checkpoint::{load, CheckpointError};
 use waypoint::model::{rows, BatchRequest, Model, PagedBatch, PagedKvCache};
 
@@ -81,13 +82,16 @@ fn the_transformers_checkpoint_reproduces_its_reference_logits() {
     }
 }
 
-fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("waypoint-ckpt-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A copy of the fixture checkpoint with one thing broken, removed when dropped.
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("waypoint-ckpt-{name}-"))
+        .tempdir()
+        .unwrap();
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture().join(file), dir.join(file)).unwrap();
+        std::fs::copy(fixture().join(file), dir.path().join(file)).unwrap();
     }
-    edit(&dir);
+    edit(dir.path());
     dir
 }
 
@@ -104,13 +108,13 @@ fn broken_checkpoints_fail_with_the_reason() {
         std::fs::remove_file(dir.join("tokenizer.json")).unwrap()
     });
     assert!(
-        matches!(load(&missing, &device), Err(CheckpointError::MissingFile(p)) if p.ends_with("tokenizer.json"))
+        matches!(load(missing.path(), &device), Err(CheckpointError::MissingFile(p)) if p.ends_with("tokenizer.json"))
     );
     let no_weights = broken_copy("no-weights", |dir| {
         std::fs::remove_file(dir.join("model.safetensors")).unwrap()
     });
     assert!(matches!(
-        load(&no_weights, &device),
+        load(no_weights.path(), &device),
         Err(CheckpointError::MissingFile(_))
     ));
     let other = broken_copy("qwen", |dir| {
@@ -122,7 +126,7 @@ fn broken_checkpoints_fail_with_the_reason() {
         edit_config(dir, "LlamaForCausalLM", "Qwen2ForCausalLM");
     });
     assert!(matches!(
-        load(&other, &device),
+        load(other.path(), &device),
         Err(CheckpointError::Unsupported(_))
     ));
     let wrong = broken_copy("shape", |dir| {
@@ -132,7 +136,7 @@ fn broken_checkpoints_fail_with_the_reason() {
             "\"intermediate_size\": 96",
         )
     });
-    match load(&wrong, &device) {
+    match load(wrong.path(), &device) {
         Err(error @ CheckpointError::ShapeMismatch { .. }) => {
             assert!(error.to_string().contains("gate_proj"), "{error}");
         }
@@ -142,7 +146,7 @@ fn broken_checkpoints_fail_with_the_reason() {
         std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap()
     });
     assert!(matches!(
-        load(&garbage, &device),
+        load(garbage.path(), &device),
         Err(CheckpointError::Safetensors { .. })
     ));
 }

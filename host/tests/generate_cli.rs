@@ -4,9 +4,14 @@
 use std::process::Command;
 
 fn run(name: &str, prompts: &str, extra: &[&str]) -> (bool, String, Vec<serde_json::Value>) {
-    let dir = std::env::temp_dir().join(format!("waypoint-gen-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let (input, output) = (dir.join("prompts.jsonl"), dir.join("out.jsonl"));
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("waypoint-gen-{name}-"))
+        .tempdir()
+        .expect("scratch dir");
+    let (input, output) = (
+        dir.path().join("prompts.jsonl"),
+        dir.path().join("out.jsonl"),
+    );
     std::fs::write(&input, prompts).expect("write prompts");
     let result = Command::new(env!("CARGO_BIN_EXE_waypoint"))
         .args([

@@ -80,14 +80,13 @@ fn the_example_policies_build_from_their_folders_pass_conformance_and_compare() 
 
 #[test]
 fn a_new_policy_crate_builds_as_written_and_passes_conformance() {
-    let dir = std::env::temp_dir().join(format!("waypoint-new-policy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (written, log) = waypoint(&["policy", "new", "my-policy", dir.to_str().expect("utf-8")]);
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch.path().to_str().expect("utf-8");
+    let (written, log) = waypoint(&["policy", "new", "my-policy", dir]);
     assert!(written, "{log}");
-    build_and_check(&dir, "my-policy");
-    let (refused, log) = waypoint(&["policy", "new", "my-policy", dir.to_str().expect("utf-8")]);
+    build_and_check(scratch.path(), "my-policy");
+    let (refused, log) = waypoint(&["policy", "new", "my-policy", dir]);
     assert!(!refused && log.contains("is not empty"), "{log}");
     let (refused, log) = waypoint(&["policy", "new", "My Policy"]);
     assert!(!refused && log.contains("policy name"), "{log}");
-    std::fs::remove_dir_all(&dir).expect("cleaned up");
 }

@@ -35,7 +35,8 @@ fn a_policy_that_keeps_faulting_loses_no_token_and_gives_way_to_fcfs() {
     baseline.stop();
 
     // The real fcfs, whose statistics lie from its third step on: every instance faults.
-    let log = std::env::temp_dir().join(format!("waypoint-faults-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(
         &[
             "--scheduler",

@@ -30,7 +30,8 @@ const STREAM_TOKENS: u32 = 2000;
 
 #[test]
 fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
-    let log = std::env::temp_dir().join(format!("waypoint-swap-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(
         &[
             "--admin-api-key",
@@ -202,7 +203,8 @@ fn swaps_fcfs_to_sjf_to_fair_under_100_streams_fail_nothing_and_change_no_output
     let expected = stream_greedy(&baseline.url, CLIENTS, TOKENS, |_| {});
     baseline.stop();
 
-    let log = std::env::temp_dir().join(format!("waypoint-swap-100-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(
         &[
             "--admin-api-key",

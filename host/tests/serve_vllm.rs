@@ -114,8 +114,8 @@ fn vllm_routes_answer_in_vllms_shapes_without_the_api_key() {
 
 #[test]
 fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
-    let log =
-        std::env::temp_dir().join(format!("waypoint-request-ids-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(&["--journey-log", log.to_str().expect("utf-8 path")], &[]);
     let client = reqwest::blocking::Client::new();
     let completions = format!("{}/v1/completions", server.url);
@@ -261,7 +261,8 @@ fn cache_salt_keeps_prefix_cache_hits_within_one_salt() {
 
 #[test]
 fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metrics() {
-    let log = std::env::temp_dir().join(format!("waypoint-tenants-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(
         &[
             "--journey-log",
@@ -345,7 +346,8 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
 
 #[test]
 fn timings_come_from_the_journey_when_asked_for_and_only_then() {
-    let log = std::env::temp_dir().join(format!("waypoint-timings-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
     let server = Server::start(
         &[
             "--enable-request-timings",

@@ -2,20 +2,21 @@
 //! the Chrome trace, the report checked against the journey log, and workload errors.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use tempfile::TempDir;
 use waypoint_scheduler::{JourneyEvent, JourneyEventType, JourneyValidator};
 
 struct Run {
-    dir: PathBuf,
+    dir: TempDir,
     success: bool,
     stderr: String,
 }
 
 impl Run {
     fn file(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(name))
+        std::fs::read(self.dir.path().join(name))
             .unwrap_or_else(|e| panic!("{name}: {e}\n{}", self.stderr))
     }
 
@@ -32,10 +33,12 @@ impl Run {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("waypoint-sim-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A folder removed with its files when dropped, after a failed assertion too.
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("waypoint-sim-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn simulate(name: &str, args: &[&str]) -> Run {
@@ -44,17 +47,19 @@ fn simulate(name: &str, args: &[&str]) -> Run {
         .arg("simulate")
         .args([
             "--journey-log",
-            dir.join("journeys.jsonl").to_str().unwrap(),
+            dir.path().join("journeys.jsonl").to_str().unwrap(),
         ])
-        .args(["--chrome-trace", dir.join("trace.json").to_str().unwrap()])
-        .args(["--report", dir.join("report.json").to_str().unwrap()])
+        .args([
+            "--chrome-trace",
+            dir.path().join("trace.json").to_str().unwrap(),
+        ])
+        .args(["--report", dir.path().join("report.json").to_str().unwrap()])
         .args(args)
         .output()
         .expect("the waypoint binary runs");
     Run {
         dir,
         success: output.status.success(),
-
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
@@ -325,7 +330,7 @@ fn malformed_workload_lines_are_reported_with_their_line_number() {
     ];
     for (bad, reason) in cases {
         let good = r#"{"id":"a","arrival_ms":0,"prompt_len":8,"output_len":4}"#;
-        let path = workload_file(&dir, &[good, "", bad]);
+        let path = workload_file(dir.path(), &[good, "", bad]);
         let run = simulate(
             "malformed-run",
             &["--workload", &path, "--scheduler", "native"],
@@ -340,7 +345,7 @@ fn malformed_workload_lines_are_reported_with_their_line_number() {
 fn arrival_steps_add_requests_right_before_their_iteration() {
     let dir = scratch("steps");
     let path = workload_file(
-        &dir,
+        dir.path(),
         &[
             r#"{"id":"a","arrival_step":0,"prompt_len":32,"output_len":20}"#,
             r#"{"id":"b","arrival_step":0,"prompt_len":32,"output_len":20}"#,
@@ -385,7 +390,7 @@ fn compare_runs_every_policy_on_the_same_workload() {
 fn a_request_the_scheduler_rejects_stops_the_run_with_its_reason() {
     let dir = scratch("rejected");
     let path = workload_file(
-        &dir,
+        dir.path(),
         &[
             r#"{"id":"a","arrival_ms":0,"prompt_len":8,"output_len":400}"#,
             r#"{"id":"a","arrival_ms":1,"prompt_len":8,"output_len":4}"#,
@@ -411,7 +416,7 @@ fn a_request_listed_after_a_later_one_stops_the_run_naming_both_lines() {
         (r#""arrival_step":4"#, r#""arrival_step":0"#),
     ] {
         let path = workload_file(
-            &dir,
+            dir.path(),
             &[
                 &format!(r#"{{"id":"a",{late},"prompt_len":8,"output_len":4}}"#),
                 "",
@@ -454,7 +459,7 @@ fn named_prefix_groups_share_their_prefix_like_numbered_ones() {
     ] {
         let lines = lines(group);
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let path = workload_file(&dir, &lines);
+        let path = workload_file(dir.path(), &lines);
         let run = simulate(name, &["--workload", &path, "--scheduler", "fcfs"]);
         assert!(run.success, "{}", run.stderr);
         let hit_rate = run.report()["prefix_cache_hit_rate"]

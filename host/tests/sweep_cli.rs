@@ -2,14 +2,19 @@
 //! each line's highest passing rate marked by the rule, a chart with one line per
 //! configuration, and clear errors for grids it cannot run.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn sweep(name: &str, args: &[&str]) -> (PathBuf, Output) {
-    let dir = std::env::temp_dir().join(format!("waypoint-sweep-{}-{name}", std::process::id()));
+use tempfile::TempDir;
+
+/// Runs `waypoint sweep` into a folder that is removed when the returned guard drops.
+fn sweep(name: &str, args: &[&str]) -> (TempDir, Output) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("waypoint-sweep-{name}-"))
+        .tempdir()
+        .expect("scratch dir");
     let output = Command::new(env!("CARGO_BIN_EXE_waypoint"))
         .arg("sweep")
-        .args(["--out", dir.to_str().expect("utf-8 path")])
+        .args(["--out", dir.path().to_str().expect("utf-8 path")])
         .args(args)
         .output()
         .expect("waypoint runs");
@@ -40,7 +45,7 @@ fn sweep_writes_a_table_and_a_chart_and_marks_each_lines_capacity() {
         String::from_utf8_lossy(&output.stderr)
     );
     let points: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).expect("sweep.json"))
+        serde_json::from_slice(&std::fs::read(dir.path().join("sweep.json")).expect("sweep.json"))
             .expect("JSON");
     assert_eq!(
         points.len(),
@@ -48,7 +53,7 @@ fn sweep_writes_a_table_and_a_chart_and_marks_each_lines_capacity() {
         "schedulers × configurations × rates"
     );
 
-    let csv = std::fs::read_to_string(dir.join("sweep.csv")).expect("sweep.csv");
+    let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).expect("sweep.csv");
     let mut rows = csv.lines();
     let header: Vec<&str> = rows.next().expect("a header").split(',').collect();
     for column in [
@@ -129,7 +134,7 @@ fn sweep_writes_a_table_and_a_chart_and_marks_each_lines_capacity() {
         ttft(64)
     );
 
-    let svg = std::fs::read_to_string(dir.join("sweep.svg")).expect("sweep.svg");
+    let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).expect("sweep.svg");
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     for (scheduler, seqs) in &lines {
         let label = format!("{scheduler} · seqs {seqs} · tokens 2048 · blocks 8192");

@@ -3,7 +3,7 @@
 // Chromium's SwiftShader. Needs `npm run build` and the debug `waypoint` binary (cargo build).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -35,6 +35,7 @@ before(async () => {
 after(async () => {
   await Promise.all(browsers.map((browser) => browser.close()));
   server?.close();
+  rmSync(scratch, { recursive: true, force: true });
 });
 
 async function open({ webgpu = true } = {}) {
