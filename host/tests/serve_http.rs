@@ -21,7 +21,7 @@ fn check_error(response: reqwest::blocking::Response, status: u16, param: Option
 #[test]
 fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let server = Server::start(
-        &["--max-request-body-bytes", "2048", "--max-model-len", "256"],
+        &["--max-request-body-bytes", "4096", "--max-model-len", "256"],
         &[],
     );
     let client = reqwest::blocking::Client::new();
@@ -81,12 +81,27 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         Some("n"),
     );
     check_error(
+        post(serde_json::json!({"model": "tiny", "prompt": "x", "stop": vec!["s"; 65]})),
+        400,
+        Some("stop"),
+    );
+    check_error(
+        post(serde_json::json!({"model": "tiny", "prompt": "x", "stop": "s".repeat(1025)})),
+        400,
+        Some("stop"),
+    );
+    check_error(
+        post(serde_json::json!({"model": "tiny", "prompt": "x", "stop_token_ids": vec![0; 1025]})),
+        400,
+        Some("stop_token_ids"),
+    );
+    check_error(
         post(serde_json::json!({"model": "nope", "prompt": "x"})),
         404,
         None,
     );
     check_error(
-        post(serde_json::json!({"model": "tiny", "prompt": "x".repeat(4000)})),
+        post(serde_json::json!({"model": "tiny", "prompt": "x".repeat(5000)})),
         413,
         None,
     );
@@ -112,6 +127,13 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(ok.status(), 200);
     let body: serde_json::Value = ok.json().expect("JSON");
     assert_eq!(body["usage"]["completion_tokens"], 3);
+    // As in vLLM, a request without `model` is for the served model.
+    let stops: Vec<String> = (0..64).map(|i| format!("never {i}")).collect();
+    let unnamed = post(serde_json::json!({"prompt": "x", "max_tokens": 2, "stop": stops}));
+    assert_eq!(unnamed.status(), 200);
+    let body: serde_json::Value = unnamed.json().expect("JSON");
+    assert_eq!(body["model"], "tiny");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
     let health = client
         .get(format!("{}/health", server.url))
         .send()
@@ -125,7 +147,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         .expect("text");
     assert!(
         metrics.contains(
-            "vllm:request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 1"
+            "vllm:request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 2"
         ),
         "{metrics}"
     );

@@ -24,6 +24,7 @@ use waypoint_scheduler::kv::BlockHash;
 use waypoint_scheduler::state::cached_blocks;
 use waypoint_scheduler::{FinishStatus, JourneyEvent, JourneyEventType, RequestId};
 
+use super::text::TextStream;
 use super::{
     Completion, Engine, EngineRequest, Finished, Recovered, Refused, Reloaded, StepResult,
 };
@@ -272,78 +273,6 @@ pub fn spawn(engine: ServingEngine, parts: WorkerParts) -> std::io::Result<Engin
         availability,
         thread: Mutex::new(Some(thread)),
     })
-}
-
-/// Incremental text of one request: holds back a partial UTF-8 character and any tail that
-/// could begin a stop string, and cuts the text at the first stop string.
-struct TextStream {
-    tokens: Vec<u32>,
-    emitted: usize,
-    stop: Vec<String>,
-    stopped: bool,
-}
-
-impl TextStream {
-    fn new(stop: Vec<String>) -> Self {
-        Self {
-            tokens: Vec::new(),
-            emitted: 0,
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
-            stopped: false,
-        }
-    }
-
-    /// Add a token: the text that can be sent now, and whether a stop string appeared.
-    fn push(&mut self, vocabulary: &Vocabulary, token: u32) -> String {
-        self.tokens.push(token);
-        if self.stopped {
-            return String::new();
-        }
-        let text = vocabulary.decode(&self.tokens);
-        if let Some(at) = self.first_stop(&text) {
-            self.stopped = true;
-            return self.take(&text, at);
-        }
-        let complete = text.trim_end_matches('\u{FFFD}');
-        let held = self
-            .stop
-            .iter()
-            .flat_map(|stop| {
-                (1..stop.len())
-                    .filter(|&k| stop.is_char_boundary(k) && complete.ends_with(&stop[..k]))
-                    .max()
-            })
-            .max()
-            .unwrap_or(0);
-        self.take(&text, complete.len() - held)
-    }
-
-    /// The rest of the text once the request finished.
-    fn finish(&mut self, vocabulary: &Vocabulary) -> String {
-        if self.stopped {
-            return String::new();
-        }
-        let text = vocabulary.decode(&self.tokens);
-        let end = self.first_stop(&text).unwrap_or(text.len());
-        self.take(&text, end)
-    }
-
-    fn first_stop(&self, text: &str) -> Option<usize> {
-        self.stop
-            .iter()
-            .filter_map(|stop| text.find(stop.as_str()))
-            .min()
-    }
-
-    fn take(&mut self, text: &str, end: usize) -> String {
-        match text.get(self.emitted..end) {
-            Some(delta) => {
-                self.emitted = end;
-                delta.to_owned()
-            }
-            None => String::new(),
-        }
-    }
 }
 
 /// What the server keeps for a request the engine holds: where its events go, its text so far,
@@ -901,42 +830,5 @@ impl Worker {
                 Err(reason)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stream(stop: &[&str], text: &str) -> (Vec<String>, bool) {
-        let mut stream = TextStream::new(stop.iter().map(|s| s.to_string()).collect());
-        let mut deltas: Vec<String> = text
-            .bytes()
-            .map(|b| stream.push(&Vocabulary::Bytes, u32::from(b)))
-            .collect();
-        deltas.push(stream.finish(&Vocabulary::Bytes));
-        (deltas, stream.stopped)
-    }
-
-    #[test]
-    fn text_is_cut_before_the_first_stop_string() {
-        let (deltas, stopped) = stream(&["STOP", "xyz"], "hello STOP world");
-        assert!(stopped);
-        assert_eq!(deltas.concat(), "hello ");
-    }
-
-    #[test]
-    fn a_possible_stop_prefix_is_held_back_then_released() {
-        let (deltas, stopped) = stream(&["STOP"], "a STAR");
-        assert!(!stopped);
-        assert_eq!(deltas.concat(), "a STAR");
-        assert_eq!(deltas[3], "", "'ST' could begin STOP");
-    }
-
-    #[test]
-    fn partial_utf8_characters_are_never_sent() {
-        let (deltas, _) = stream(&[], "né✓");
-        assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')));
-        assert_eq!(deltas.concat(), "né✓");
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use waypoint_scheduler::{NewRequest, RequestId};
 
 use super::protocol::{
-    ChatRequest, CompletionRequest, Content, Message, Prompt, Sampling, Timings, Usage,
+    ChatRequest, CompletionRequest, Content, Message, OneOrMany, Prompt, Sampling, Timings, Usage,
 };
 use super::tenants::Tenant;
 use super::{ApiError, AppState, REQUEST_ID};
@@ -168,6 +168,7 @@ fn prepare(
             (request.model, tokens, request.sampling)
         }
     };
+    let model = model.unwrap_or_else(|| app.model_name.clone());
     app.check_model(&model)?;
     span.set_attributes([
         KeyValue::new("gen_ai.operation.name", endpoint.operation()),
@@ -263,6 +264,22 @@ fn sampling_of(
     }
     if sampling.echo {
         return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    }
+    let stop = sampling.stop.map(OneOrMany::into_vec).unwrap_or_default();
+    if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|s| s.len() > MAX_STOP_STRING_LEN) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "stop takes at most {MAX_STOP_STRINGS} strings of at most \
+                 {MAX_STOP_STRING_LEN} bytes each"
+            ),
+        ));
+    }
+    if sampling.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!("stop_token_ids takes at most {MAX_STOP_TOKEN_IDS} token ids"),
+        ));
     }
     let temperature = sampling.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -368,7 +385,7 @@ fn sampling_of(
         },
         tenant,
         timings: sampling.return_timings,
-        stop: sampling.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        stop,
         stream: sampling.stream,
         include_usage: sampling.stream_options.unwrap_or_default().include_usage,
     })
@@ -580,6 +597,17 @@ const MAX_DEADLINE_MS: u64 = 86_400_000;
 /// The longest `cache_salt` taken: it is hashed into a request's first block, not stored per
 /// block, but it still crosses into the scheduler with the request.
 const MAX_CACHE_SALT_LEN: usize = 1024;
+
+/// The most stop strings a request may give. OpenAI takes 4 and vLLM any number; clients
+/// written for vLLM may send a model's several turn markers, and the engine thread matches each
+/// new byte of text against all of them.
+const MAX_STOP_STRINGS: usize = 64;
+
+/// The longest stop string taken, in bytes.
+const MAX_STOP_STRING_LEN: usize = 1024;
+
+/// The most `stop_token_ids` taken: the scheduler checks every sampled token against them.
+const MAX_STOP_TOKEN_IDS: usize = 1024;
 
 /// The longest `X-Request-Id` taken.
 const MAX_REQUEST_ID_LEN: usize = 256;

@@ -100,8 +100,8 @@ pub struct Sampling {
 /// `POST /v1/completions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CompletionRequest {
-    /// The served model's name.
-    pub model: String,
+    /// The served model's name; without it, the served model (as in vLLM).
+    pub model: Option<String>,
     /// The prompt.
     pub prompt: Prompt,
     /// Sampling and stopping.
@@ -142,8 +142,8 @@ pub struct Message {
 /// `POST /v1/chat/completions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ChatRequest {
-    /// The served model's name.
-    pub model: String,
+    /// The served model's name; without it, the served model (as in vLLM).
+    pub model: Option<String>,
     /// The conversation.
     pub messages: Vec<Message>,
     /// Sampling and stopping.
