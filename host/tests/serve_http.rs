@@ -122,6 +122,9 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         404,
         None,
     );
+    let wrong_method = client.get(&completions).send().expect("answer");
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    check_error(wrong_method, 405, None);
 
     let ok = post(serde_json::json!({"model": "tiny", "prompt": "still here", "max_tokens": 3}));
     assert_eq!(ok.status(), 200);
