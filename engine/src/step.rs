@@ -177,12 +177,15 @@ pub struct Refused<P = ()> {
     pub payload: P,
 }
 
-/// What a recovery did: the requests it failed, the journeys of those it resubmitted, and
-/// whether the scheduler took every request back.
+/// What a recovery did: the requests it failed or shed, the journeys of those it resubmitted,
+/// and whether the scheduler took every request back.
 #[derive(Debug)]
 pub struct Recovered<P = ()> {
     /// Requests named by too many faults, with their payloads, to be failed by the caller.
     pub failed: Vec<(RequestId, P)>,
+    /// The newest requests, dropped so that the others fit, with their payloads, to be failed
+    /// by the caller.
+    pub shed: Vec<(RequestId, P)>,
     /// The RECOVERED events of the resubmitted requests.
     pub journey_events: Vec<JourneyEvent>,
     /// An error when the scheduler faulted again; the requests it did not take back wait in
@@ -537,19 +540,23 @@ impl<B: ?Sized + SchedulerBackend, P> Engine<B, P> {
     /// back every live request with the tokens it has, in arrival order, to recompute it as
     /// after a preemption; its journey goes on with RECOVERED. A request named by `named` has
     /// one more fault counted, and at `max_faults` it is failed instead (handed back in
-    /// [`Recovered::failed`]). The model's KV cache needs nothing: recomputed requests write
+    /// [`Recovered::failed`]). The `shed` newest requests are not taken back (handed back in
+    /// [`Recovered::shed`]). The model's KV cache needs nothing: recomputed requests write
     /// their blocks again.
     pub fn recover(
         &mut self,
         replacement: Option<Box<B>>,
         named: &[RequestId],
+        shed: usize,
         max_faults: u32,
         now_ns: u64,
     ) -> Recovered<P> {
         let mut waiting = self.take_all();
         waiting.sort_by(|a, b| (a.arrival_ns, &a.id).cmp(&(b.arrival_ns, &b.id)));
+        let newest = waiting.split_off(waiting.len().saturating_sub(shed));
         let mut recovered = Recovered {
             failed: Vec::new(),
+            shed: newest.into_iter().map(|r| (r.id, r.payload)).collect(),
             journey_events: Vec::new(),
             result: Ok(()),
         };

@@ -1,6 +1,6 @@
 //! The engine's one record per request: whatever payload a request is submitted with comes back
-//! exactly once, on each way out (finished in a step, finished from outside, refused, lost to a
-//! reload), and none outlives the engine's hold on it.
+//! exactly once, on each way out (finished in a step, finished from outside, refused, shed by a
+//! recovery, lost to a reload), and none outlives the engine's hold on it.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::tiny_random_model;
 use waypoint::backend::{BackendError, NativeBackend};
-use waypoint::engine::{Engine, EngineRequest, Refused, Reloaded};
+use waypoint::engine::{Engine, EngineRequest, Recovered, Refused, Reloaded};
 use waypoint::model::sampling::SamplingParams;
 use waypoint_scheduler::{FinishStatus, NewRequest, SchedulerConfig};
 
@@ -109,6 +109,27 @@ fn every_payload_comes_back_once_on_each_way_out() {
     );
     drop(aborted);
     assert_eq!(alive.load(Ordering::SeqCst), 2);
+
+    engine
+        .add(
+            request("newest", 40),
+            Tracked::new("newest", &alive),
+            now + 2,
+        )
+        .expect("accepted");
+    let Recovered {
+        failed,
+        shed,
+        result,
+        ..
+    } = engine.recover(None, &[], 1, 3, now + 3);
+    result.expect("the others taken back");
+    assert!(failed.is_empty());
+    let ids: Vec<&str> = shed.iter().map(|(_, payload)| payload.id).collect();
+    assert_eq!(ids, ["newest"], "the newest arrival is shed");
+    drop(shed);
+    assert_eq!(alive.load(Ordering::SeqCst), 2);
+    assert_eq!(engine.num_unfinished(), 2);
 
     let Reloaded { lost, result } = engine.reload();
     result.expect("a fresh scheduler");

@@ -1,6 +1,7 @@
 //! Faults of a policy component through the real binary: the requests it held are resubmitted
 //! with their tokens to a fresh instance, a policy that keeps faulting gives way to the built-in
-//! fcfs, and no client sees more than a pause.
+//! fcfs, and no client sees more than a pause; a load the fallback cannot hold is shed, newest
+//! first, and serving goes on.
 
 mod serving;
 
@@ -91,4 +92,68 @@ fn the_trap_component_under_50_clients_fails_no_request() {
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     assert!(counter(&metrics, "waypoint:scheduler_faults_total") >= 1.0);
     assert_eq!(counter(&metrics, "waypoint:policy_fallbacks_total"), 1.0);
+}
+
+/// Send `count` completions at once, each holding 1024 `stop_token_ids` (4 KiB of the
+/// scheduler's memory): the status and body of each answer.
+async fn burst(url: &str, count: usize) -> Vec<(u16, String)> {
+    let client = reqwest::Client::new();
+    let stop_token_ids: Vec<u32> = (1000..2024).collect();
+    let requests = (0..count).map(|i| {
+        let request = client
+            .post(format!("{url}/v1/completions"))
+            .timeout(std::time::Duration::from_secs(120))
+            .json(&serde_json::json!({
+                "model": "tiny", "prompt": format!("burst {i}"), "max_tokens": 16,
+                "ignore_eos": true, "stop_token_ids": stop_token_ids,
+            }))
+            .send();
+        async move {
+            let response = request.await.expect("an answer, not a hang");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+#[test]
+fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
+    // Two MiB of scheduler memory hold about 150 of the burst's requests: the built-in fcfs runs
+    // out of memory with no request to blame, faults until it gives way to itself, and then
+    // sheds. Before shedding, it resubmitted everything and faulted again, forever.
+    let server = Server::start(&["--guest-memory-limit", "2", "--max-num-seqs", "4"], &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let answers = runtime.block_on(burst(&server.url, 400));
+
+    let shed = answers
+        .iter()
+        .filter(|(status, body)| *status == 503 && body.contains("was shed"))
+        .count();
+    let finished = answers.iter().filter(|(status, _)| *status == 200).count();
+    for (status, body) in &answers {
+        assert!(*status == 200 || *status == 503, "{status}: {body}");
+    }
+    assert!(shed > 0, "nothing was shed");
+    assert!(finished > 0, "nothing finished");
+    let metrics = server.metrics();
+    assert_eq!(
+        counter(&metrics, "waypoint:requests_shed_total"),
+        shed as f64
+    );
+    assert_eq!(counter(&metrics, "waypoint:policy_fallbacks_total"), 1.0);
+
+    let client = reqwest::blocking::Client::new();
+    let after = client
+        .post(format!("{}/v1/completions", server.url))
+        .json(&serde_json::json!({"model": "tiny", "prompt": "after", "max_tokens": 3}))
+        .send()
+        .expect("an answer");
+    assert_eq!(after.status(), 200);
+    let health = client
+        .get(format!("{}/health", server.url))
+        .send()
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    server.stop();
 }

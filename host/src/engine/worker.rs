@@ -9,7 +9,8 @@
 //! requests it held are resubmitted to a fresh instance with the tokens they have and
 //! recomputed like preempted ones: a client sees a pause, and the journey a RECOVERED event.
 //! Only a request that faults keep naming fails, and a policy that keeps faulting is replaced
-//! by the fallback (the built-in fcfs).
+//! by the fallback (the built-in fcfs). A fault that names no request on the fallback comes from
+//! the load itself (its memory or time limit): the newest half of the live requests is shed.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -697,7 +698,8 @@ impl Worker {
     /// has faulted `policy_fault_limit` times in the window, to the fallback), failing only the
     /// requests that faults have named `max_faults_per_request` times. A scheduler that
     /// faults again while taking them back is one more fault; if the fallback does, every
-    /// request fails and the server says why it cannot serve.
+    /// request fails and the server says why it cannot serve. A fault that names no request on
+    /// the fallback sheds the newest half of the live requests instead of resubmitting them.
     fn fault(&mut self, error: &dyn std::fmt::Display, named: &[RequestId]) {
         let FaultPolicy {
             max_faults_per_request,
@@ -740,20 +742,33 @@ impl Worker {
                 self.fault_times.clear();
             }
             let live = self.engine.num_unfinished();
+            // A fault that names no request, on the last scheduler there is to give way to,
+            // comes from the load as a whole (its memory or its time limit): taking every
+            // request back would fault again, forever. The newest half is shed instead, so the
+            // rest fit and go on.
+            let last_resort = was_on_fallback || self.parts.fallback.is_none();
+            let shed = if named.is_empty() && last_resort {
+                live.div_ceil(2)
+            } else {
+                0
+            };
             let Recovered {
                 failed,
+                shed,
                 journey_events,
                 result,
             } = self
                 .engine
-                .recover(replacement, &named, max_faults_per_request, now);
+                .recover(replacement, &named, shed, max_faults_per_request, now);
             self.cache_cleared(now);
+            let resubmitted = live.saturating_sub(failed.len() + shed.len());
             eprintln!(
-                "waypoint: scheduler fault: {reason}; {} of {live} live requests resubmitted, {} failed",
-                live - failed.len(),
-                failed.len()
+                "waypoint: scheduler fault: {reason}; {resubmitted} of {live} live requests \
+                 resubmitted, {} failed, {} shed",
+                failed.len(),
+                shed.len()
             );
-            self.parts.metrics.scheduler_fault(live - failed.len());
+            self.parts.metrics.scheduler_fault(resubmitted, shed.len());
             if self.on_fallback && !was_on_fallback {
                 let to = self.engine.policy().clone();
                 eprintln!(
@@ -763,10 +778,21 @@ impl Worker {
                 self.parts.metrics.policy_fallback();
                 self.policy_changed(&from, &to, now);
             }
-            for (id, client) in failed {
+            let shed_count = shed.len();
+            let failed = failed.into_iter().map(|(id, client)| {
                 let message = format!(
                     "request {id} failed: {max_faults_per_request} scheduler faults named it; the last: {reason}"
                 );
+                (message, client)
+            });
+            let shed = shed.into_iter().map(|(id, client)| {
+                let message = format!(
+                    "request {id} was shed: the scheduler faulted with {live} requests live ({reason}), \
+                     and the newest {shed_count} were dropped so that the others could go on; retry it later"
+                );
+                (message, client)
+            });
+            for (message, client) in failed.chain(shed) {
                 if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
                     spans.fail(span, &message, now);
                 }

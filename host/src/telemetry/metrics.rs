@@ -126,6 +126,7 @@ pub struct Metrics {
     policy_info: Family<Labels, Gauge>,
     scheduler_faults: Counter,
     requests_recovered: Counter,
+    requests_shed: Counter,
     policy_fallbacks: Counter,
     kv_event_batches_dropped: Counter,
     seen: Mutex<SeenTotals>,
@@ -172,6 +173,7 @@ impl Metrics {
             policy_info: Family::default(),
             scheduler_faults: Counter::default(),
             requests_recovered: Counter::default(),
+            requests_shed: Counter::default(),
             policy_fallbacks: Counter::default(),
             kv_event_batches_dropped: Counter::default(),
             seen: Mutex::new(SeenTotals::default()),
@@ -340,6 +342,12 @@ impl Metrics {
             metrics.requests_recovered.clone(),
         );
         r.register(
+            "waypoint:requests_shed",
+            "Requests failed to let the others go on after the fallback scheduler faulted \
+             with no request to blame (its memory or time limit under the load).",
+            metrics.requests_shed.clone(),
+        );
+        r.register(
             "waypoint:policy_fallbacks",
             "Times a policy that kept faulting was replaced by the built-in fcfs.",
             metrics.policy_fallbacks.clone(),
@@ -383,9 +391,10 @@ impl Metrics {
     }
 
     /// The scheduler faulted, and `recovered` requests were resubmitted to its replacement.
-    pub fn scheduler_fault(&self, recovered: usize) {
+    pub fn scheduler_fault(&self, recovered: usize, shed: usize) {
         self.scheduler_faults.inc();
         self.requests_recovered.inc_by(recovered as u64);
+        self.requests_shed.inc_by(shed as u64);
     }
 
     /// A policy that kept faulting was replaced by the fallback.
