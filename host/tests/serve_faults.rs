@@ -6,7 +6,7 @@
 mod serving;
 
 use serving::{journey_log, stream_greedy, Server};
-use waypoint_scheduler::{JourneyEventType, JourneyValidator};
+use waypoint_scheduler::{FinishStatus, JourneyEventType, JourneyValidator};
 
 fn hostile(name: &str) -> String {
     format!(
@@ -122,7 +122,19 @@ fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
     // Two MiB of scheduler memory hold about 150 of the burst's requests: the built-in fcfs runs
     // out of memory with no request to blame, faults until it gives way to itself, and then
     // sheds. Before shedding, it resubmitted everything and faulted again, forever.
-    let server = Server::start(&["--guest-memory-limit", "2", "--max-num-seqs", "4"], &[]);
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let log = scratch.path().join("journeys.jsonl");
+    let server = Server::start(
+        &[
+            "--guest-memory-limit",
+            "2",
+            "--max-num-seqs",
+            "4",
+            "--journey-log",
+            log.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let answers = runtime.block_on(burst(&server.url, 400));
 
@@ -156,4 +168,18 @@ fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
         .expect("health");
     assert_eq!(health.status(), 200);
     server.stop();
+
+    // A shed request's journey ends with FINISHED(error), written by the host since no
+    // scheduler holds it any more: every journey is valid and ends once.
+    let events = journey_log(&log);
+    let mut validator = JourneyValidator::new();
+    for event in &events {
+        validator.observe(event).expect("a valid journey");
+    }
+    assert_eq!(validator.num_open(), 0);
+    let errors = events
+        .iter()
+        .filter(|e| e.finish_status == Some(FinishStatus::Error))
+        .count();
+    assert_eq!(errors, shed);
 }

@@ -135,6 +135,25 @@ impl JourneyEvent {
     pub fn from_json_line(line: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(line)
     }
+
+    /// The FINISHED(error) that ends a journey whose latest event is this one, for a request
+    /// failed outside the scheduler (its faults, a load it could not hold): the scheduler that
+    /// would have written it no longer holds the request.
+    pub fn failed_after(&self, now_ns: u64) -> Self {
+        Self {
+            request_id: self.request_id.clone(),
+            event_type: JourneyEventType::Finished,
+            ts_monotonic_ns: now_ns.max(self.ts_monotonic_ns),
+            phase: if self.decode_done_tokens == 0 {
+                Phase::Prefill
+            } else {
+                Phase::Decode
+            },
+            schedule_kind: None,
+            finish_status: Some(FinishStatus::Error),
+            ..*self
+        }
+    }
 }
 
 /// Journey state of one sampled request.

@@ -283,6 +283,9 @@ pub struct Client {
     text: TextStream,
     span: Option<RequestSpan>,
     journey: JourneyTally,
+    /// Its journey's latest event, from which the host ends the journey if it fails outside
+    /// the scheduler.
+    last_event: Option<JourneyEvent>,
 }
 
 /// The parts of a request's journey that its per-request timings report.
@@ -442,6 +445,7 @@ impl Worker {
             text: TextStream::new(stop),
             span: None,
             journey: JourneyTally::default(),
+            last_event: None,
         };
         // A fault while the request is added names it; after the recovery it is added again,
         // until faults have named it as often as any request may be.
@@ -662,10 +666,15 @@ impl Worker {
                 continue;
             };
             client.journey.record(event);
+            client.last_event = Some(event.clone());
             if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span.as_mut()) {
                 spans.journey(span, event);
             }
         }
+        self.write_journey_log(events);
+    }
+
+    fn write_journey_log(&mut self, events: &[JourneyEvent]) {
         if let Some(log) = self.parts.journey_log.as_mut() {
             for event in events {
                 if let Err(error) = writeln!(log, "{}", event.to_json_line()) {
@@ -675,6 +684,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Fail a request the scheduler no longer holds: its journey ends with FINISHED(error),
+    /// which no scheduler will write for it, its span fails, and its client hears why.
+    fn fail_client(&mut self, client: Client, message: String, now_ns: u64) {
+        let finished = client.last_event.map(|last| last.failed_after(now_ns));
+        if let Some(event) = &finished {
+            self.write_journey_log(std::slice::from_ref(event));
+        }
+        if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
+            spans.fail(span, &message, finished.as_ref(), now_ns);
+        }
+        let _ = client.events.send(StreamEvent::Failed { error: message });
     }
 
     /// A scheduler call failed: a fault, naming the request the violation is about, if any.
@@ -793,10 +815,7 @@ impl Worker {
                 (message, client)
             });
             for (message, client) in failed.chain(shed) {
-                if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
-                    spans.fail(span, &message, now);
-                }
-                let _ = client.events.send(StreamEvent::Failed { error: message });
+                self.fail_client(client, message, now);
             }
             self.journey(&journey_events, &mut []);
             match result {
@@ -837,12 +856,7 @@ impl Worker {
         let now = self.parts.clock.now_ns();
         self.cache_cleared(now);
         for (_, client) in lost {
-            if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span) {
-                spans.fail(span, message, now);
-            }
-            let _ = client.events.send(StreamEvent::Failed {
-                error: message.to_owned(),
-            });
+            self.fail_client(client, message.to_owned(), now);
         }
         match result {
             Ok(()) => {

@@ -363,11 +363,21 @@ impl CoreSpans {
         }
     }
 
-    /// End a request's span without a FINISHED event (its scheduler was lost to a fault).
-    pub fn fail(&self, mut span: RequestSpan, error: &str, now_ns: u64) {
+    /// End a failed request's span with the error, after its FINISHED(error) event when its
+    /// journey had begun (the scheduler that held it was lost to a fault, or it was shed).
+    pub fn fail(
+        &self,
+        mut span: RequestSpan,
+        error: &str,
+        finished: Option<&JourneyEvent>,
+        now_ns: u64,
+    ) {
         if span.0.is_recording() {
             span.0.set_status(Status::error(error.to_owned()));
-            span.0.end_with_timestamp(self.tracing.clock.wall(now_ns));
+            match finished {
+                Some(event) => self.journey(&mut span, event),
+                None => span.0.end_with_timestamp(self.tracing.clock.wall(now_ns)),
+            }
         }
     }
 
