@@ -689,7 +689,10 @@ impl Worker {
     /// Fail a request the scheduler no longer holds: its journey ends with FINISHED(error),
     /// which no scheduler will write for it, its span fails, and its client hears why.
     fn fail_client(&mut self, client: Client, message: String, now_ns: u64) {
-        let finished = client.last_event.map(|last| last.failed_after(now_ns));
+        let finished = client
+            .last_event
+            .filter(|last| last.event_type != JourneyEventType::Finished)
+            .map(|last| last.failed_after(now_ns));
         if let Some(event) = &finished {
             self.write_journey_log(std::slice::from_ref(event));
         }
