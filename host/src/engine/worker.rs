@@ -9,8 +9,9 @@
 //! requests it held are resubmitted to a fresh instance with the tokens they have and
 //! recomputed like preempted ones: a client sees a pause, and the journey a RECOVERED event.
 //! Only a request that faults keep naming fails, and a policy that keeps faulting is replaced
-//! by the fallback (the built-in fcfs). A fault that names no request on the fallback comes from
-//! the load itself (its memory or time limit): the newest half of the live requests is shed.
+//! by the fallback (the built-in fcfs). A fault on the fallback that names no request, while none
+//! is being added, comes from the load itself (its memory or time limit): the newest half of the
+//! live requests is shed.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -309,6 +310,29 @@ impl JourneyTally {
     }
 }
 
+/// Where a fault came from, which decides whom it counts against.
+#[derive(Clone, Copy)]
+enum FaultSite<'a> {
+    /// A call on what the scheduler holds: against the requests it names or, with none named,
+    /// against the load as a whole.
+    Held(&'a [RequestId]),
+    /// Adding a request: against that request, which is retried, then refused, on its own.
+    Adding,
+}
+
+impl FaultSite<'static> {
+    /// The site of a fault while a request was being added. The guest's memory or time
+    /// running out then is the load's doing, not the request's.
+    fn adding(error: &BackendError) -> Self {
+        match error {
+            BackendError::Guest(GuestFault::MemoryLimit { .. } | GuestFault::Timeout { .. }) => {
+                Self::Held(&[])
+            }
+            _ => Self::Adding,
+        }
+    }
+}
+
 struct Worker {
     engine: ServingEngine,
     parts: WorkerParts,
@@ -356,7 +380,7 @@ impl Worker {
                 // Results are checked before the model sees them, so nothing a component returns
                 // should panic here; if a bug does, fail what was in flight and keep serving.
                 if catch_unwind(AssertUnwindSafe(|| self.step())).is_err() {
-                    self.fault(&"the engine step panicked", &[]);
+                    self.fault(&"the engine step panicked", FaultSite::Held(&[]));
                 }
             }
         }
@@ -459,7 +483,7 @@ impl Worker {
                     payload,
                 }) if attempts < self.parts.faults.max_faults_per_request => {
                     attempts += 1;
-                    self.fault(&error, &[]);
+                    self.fault(&error, FaultSite::adding(&error));
                     if self.availability.reason().is_some() {
                         let refused = Refused {
                             error,
@@ -499,7 +523,7 @@ impl Worker {
                 let rejection = Rejection::Unavailable(error.to_string());
                 let _ = payload.events.send(StreamEvent::Rejected(rejection));
                 if self.availability.reason().is_none() {
-                    self.fault(&error, &[]);
+                    self.fault(&error, FaultSite::adding(&error));
                 }
             }
         }
@@ -716,23 +740,27 @@ impl Worker {
             }
             _ => Vec::new(),
         };
-        self.fault(error, &named);
+        self.fault(error, FaultSite::Held(&named));
     }
 
     /// The scheduler faulted: resubmit what it held to a fresh instance (or, once the policy
     /// has faulted `policy_fault_limit` times in the window, to the fallback), failing only the
     /// requests that faults have named `max_faults_per_request` times. A scheduler that
     /// faults again while taking them back is one more fault; if the fallback does, every
-    /// request fails and the server says why it cannot serve. A fault that names no request on
-    /// the fallback sheds the newest half of the live requests instead of resubmitting them.
-    fn fault(&mut self, error: &dyn std::fmt::Display, named: &[RequestId]) {
+    /// request fails and the server says why it cannot serve. A fault on the fallback that
+    /// comes from the load (it names no request, and none was being added) sheds the newest
+    /// half of the live requests instead of resubmitting them.
+    fn fault(&mut self, error: &dyn std::fmt::Display, site: FaultSite) {
         let FaultPolicy {
             max_faults_per_request,
             policy_fault_limit,
             window_ns,
         } = self.parts.faults;
         let mut reason = error.to_string();
-        let mut named = named.to_vec();
+        let (mut named, mut from_load) = match site {
+            FaultSite::Held(named) => (named.to_vec(), named.is_empty()),
+            FaultSite::Adding => (Vec::new(), false),
+        };
         // Each round is one more fault in the window, so the fallback takes over within
         // `policy_fault_limit` rounds; one that faults as well ends it.
         for round in 1u32.. {
@@ -772,7 +800,7 @@ impl Worker {
             // request back would fault again, forever. The newest half is shed instead, so the
             // rest fit and go on.
             let last_resort = was_on_fallback || self.parts.fallback.is_none();
-            let shed = if named.is_empty() && last_resort {
+            let shed = if from_load && last_resort {
                 live.div_ceil(2)
             } else {
                 0
@@ -839,6 +867,7 @@ impl Worker {
                 Err(error) => {
                     reason = error.to_string();
                     named.clear();
+                    from_load = true;
                 }
             }
         }
