@@ -83,6 +83,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase of any event but QUEUED, and of a request's step snapshot: PREFILL until the
+    /// first output token, DECODE after it.
+    pub fn of_progress(decode_done_tokens: u32) -> Self {
+        if decode_done_tokens == 0 {
+            Self::Prefill
+        } else {
+            Self::Decode
+        }
+    }
+
     /// `WAITING`, `PREFILL` or `DECODE`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -144,11 +154,7 @@ impl JourneyEvent {
             request_id: self.request_id.clone(),
             event_type: JourneyEventType::Finished,
             ts_monotonic_ns: now_ns.max(self.ts_monotonic_ns),
-            phase: if self.decode_done_tokens == 0 {
-                Phase::Prefill
-            } else {
-                Phase::Decode
-            },
+            phase: Phase::of_progress(self.decode_done_tokens),
             schedule_kind: None,
             finish_status: Some(FinishStatus::Error),
             ..*self
@@ -242,8 +248,7 @@ impl JourneyRecorder {
             .map_or(0, |progress| progress.prefill_hiwater);
         let phase = match event_type {
             JourneyEventType::Queued => Phase::Waiting,
-            _ if request.num_output_tokens() == 0 => Phase::Prefill,
-            _ => Phase::Decode,
+            _ => Phase::of_progress(request.num_output_tokens()),
         };
         JourneyEvent {
             request_id: request.id.clone(),
@@ -337,8 +342,7 @@ impl JourneyValidator {
         }
         let expected_phase = match event.event_type {
             JourneyEventType::Queued => Phase::Waiting,
-            _ if event.decode_done_tokens == 0 => Phase::Prefill,
-            _ => Phase::Decode,
+            _ => Phase::of_progress(event.decode_done_tokens),
         };
         if event.phase != expected_phase {
             return Err(fail("phase label breaks the phase rule"));

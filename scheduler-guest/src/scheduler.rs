@@ -723,11 +723,7 @@ impl<P: Policy + ?Sized> Scheduler<P> {
         RequestSnapshot {
             step_id: step,
             request_id: request.id.clone(),
-            phase: if request.num_output_tokens() == 0 {
-                Phase::Prefill
-            } else {
-                Phase::Decode
-            },
+            phase: Phase::of_progress(request.num_output_tokens()),
             num_prompt_tokens: request.prompt_len,
             num_computed_tokens: request.num_computed_tokens,
             num_output_tokens: request.num_output_tokens(),
