@@ -284,20 +284,16 @@ pub struct Client {
     text: TextStream,
     span: Option<RequestSpan>,
     journey: JourneyTally,
-    /// Its journey's latest event, from which the host ends the journey if it fails outside
-    /// the scheduler.
-    last_event: Option<JourneyEvent>,
 }
 
-/// The parts of a request's journey that its per-request timings report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a request's journey has told so far: what its per-request timings report, and the
+/// latest event, from which the host ends the journey if the request fails outside the
+/// scheduler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JourneyTally {
     /// The step of its first SCHEDULED event.
     pub first_scheduled_step: Option<u64>,
-    /// The step of its latest event.
-    pub last_step: Option<u64>,
-    /// Times it was preempted.
-    pub preemptions: u32,
+    latest: Option<JourneyEvent>,
 }
 
 impl JourneyTally {
@@ -305,8 +301,27 @@ impl JourneyTally {
         if event.event_type == JourneyEventType::Scheduled && self.first_scheduled_step.is_none() {
             self.first_scheduled_step = Some(event.scheduler_step);
         }
-        self.last_step = Some(event.scheduler_step);
-        self.preemptions = event.num_preemptions_so_far;
+        self.latest = Some(event.clone());
+    }
+
+    /// The step of its latest event.
+    pub fn last_step(&self) -> Option<u64> {
+        self.latest.as_ref().map(|event| event.scheduler_step)
+    }
+
+    /// Times it was preempted.
+    pub fn preemptions(&self) -> u32 {
+        self.latest
+            .as_ref()
+            .map_or(0, |event| event.num_preemptions_so_far)
+    }
+
+    /// The FINISHED(error) that ends the journey of a request failed outside the scheduler,
+    /// unless the journey has not begun or has ended.
+    fn failed_end(self, now_ns: u64) -> Option<JourneyEvent> {
+        self.latest
+            .filter(|latest| latest.event_type != JourneyEventType::Finished)
+            .map(|latest| latest.failed_after(now_ns))
     }
 }
 
@@ -469,7 +484,6 @@ impl Worker {
             text: TextStream::new(stop),
             span: None,
             journey: JourneyTally::default(),
-            last_event: None,
         };
         // A fault while the request is added names it; after the recovery it is added again,
         // until faults have named it as often as any request may be.
@@ -667,9 +681,10 @@ impl Worker {
             });
         }
         let finish_ns = completion.finish_ns;
+        let journey = std::mem::take(&mut client.journey);
         let _ = client
             .events
-            .send(StreamEvent::Finished(Box::new(completion), client.journey));
+            .send(StreamEvent::Finished(Box::new(completion), journey));
         self.end_span(client, finish_ns);
     }
 
@@ -690,7 +705,6 @@ impl Worker {
                 continue;
             };
             client.journey.record(event);
-            client.last_event = Some(event.clone());
             if let (Some(spans), Some(span)) = (self.parts.spans.as_ref(), client.span.as_mut()) {
                 spans.journey(span, event);
             }
@@ -713,10 +727,7 @@ impl Worker {
     /// Fail a request the scheduler no longer holds: its journey ends with FINISHED(error),
     /// which no scheduler will write for it, its span fails, and its client hears why.
     fn fail_client(&mut self, client: Client, message: String, now_ns: u64) {
-        let finished = client
-            .last_event
-            .filter(|last| last.event_type != JourneyEventType::Finished)
-            .map(|last| last.failed_after(now_ns));
+        let finished = client.journey.failed_end(now_ns);
         if let Some(event) = &finished {
             self.write_journey_log(std::slice::from_ref(event));
         }
@@ -800,7 +811,7 @@ impl Worker {
             // request back would fault again, forever. The newest half is shed instead, so the
             // rest fit and go on.
             let last_resort = was_on_fallback || self.parts.fallback.is_none();
-            let shed = if from_load && last_resort {
+            let to_shed = if from_load && last_resort {
                 live.div_ceil(2)
             } else {
                 0
@@ -812,7 +823,7 @@ impl Worker {
                 result,
             } = self
                 .engine
-                .recover(replacement, &named, shed, max_faults_per_request, now);
+                .recover(replacement, &named, to_shed, max_faults_per_request, now);
             self.cache_cleared(now);
             let resubmitted = live.saturating_sub(failed.len() + shed.len());
             eprintln!(

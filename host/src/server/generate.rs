@@ -526,9 +526,9 @@ impl Flight {
             prompt_tokens: self.prompt_tokens,
             cached_tokens: completion.cached_tokens,
             generated_tokens: generated,
-            preemptions: journey.preemptions,
+            preemptions: journey.preemptions(),
             first_scheduler_step: journey.first_scheduled_step,
-            last_scheduler_step: journey.last_step,
+            last_scheduler_step: journey.last_step(),
         });
         (reason, timings)
     }
