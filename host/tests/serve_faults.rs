@@ -5,7 +5,7 @@
 
 mod serving;
 
-use serving::{journey_log, stream_greedy, Server};
+use serving::{stream_greedy, JourneyLog, Server};
 use waypoint_scheduler::{FinishStatus, JourneyEventType, JourneyValidator};
 
 fn hostile(name: &str) -> String {
@@ -36,14 +36,13 @@ fn a_policy_that_keeps_faulting_loses_no_token_and_gives_way_to_fcfs() {
     baseline.stop();
 
     // The real fcfs, whose statistics lie from its third step on: every instance faults.
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
         &[
             "--scheduler",
             &hostile("lie-stats"),
             "--journey-log",
-            log.to_str().expect("utf-8 path"),
+            log.arg(),
         ],
         &[],
     );
@@ -68,7 +67,7 @@ fn a_policy_that_keeps_faulting_loses_no_token_and_gives_way_to_fcfs() {
     );
 
     // Every journey follows the grammar, RECOVERED included, and ends once.
-    let events = journey_log(&log);
+    let events = log.events();
     let mut validator = JourneyValidator::new();
     for event in &events {
         validator.observe(event).expect("a valid journey");
@@ -122,8 +121,7 @@ fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
     // Two MiB of scheduler memory hold about 150 of the burst's requests: the built-in fcfs runs
     // out of memory with no request to blame, faults until it gives way to itself, and then
     // sheds. Before shedding, it resubmitted everything and faulted again, forever.
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
         &[
             "--guest-memory-limit",
@@ -131,7 +129,7 @@ fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
             "--max-num-seqs",
             "4",
             "--journey-log",
-            log.to_str().expect("utf-8 path"),
+            log.arg(),
         ],
         &[],
     );
@@ -171,7 +169,7 @@ fn a_load_the_fallback_cannot_hold_is_shed_and_serving_goes_on() {
 
     // A shed request's journey ends with FINISHED(error), written by the host since no
     // scheduler holds it any more: every journey is valid and ends once.
-    let events = journey_log(&log);
+    let events = log.events();
     let mut validator = JourneyValidator::new();
     for event in &events {
         validator.observe(event).expect("a valid journey");

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serving::{journey_log, stream_greedy, Server};
+use serving::{stream_greedy, JourneyLog, Server};
 use waypoint_scheduler::{JourneyEvent, JourneyEventType};
 
 fn component(name: &str) -> Vec<u8> {
@@ -30,8 +30,7 @@ const STREAM_TOKENS: u32 = 2000;
 
 #[test]
 fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
         &[
             "--admin-api-key",
@@ -39,7 +38,7 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
             "--max-policy-bytes",
             "4000000",
             "--journey-log",
-            log.to_str().expect("utf-8 path"),
+            log.arg(),
         ],
         &[],
     );
@@ -140,7 +139,8 @@ fn a_live_swap_keeps_the_stream_going_and_bad_components_change_nothing() {
     server.stop();
 
     // The journey went on: scheduled once, never preempted or recomputed, finished at length.
-    let journey: Vec<JourneyEvent> = journey_log(&log)
+    let journey: Vec<JourneyEvent> = log
+        .events()
         .into_iter()
         .filter(|event| event.request_id.to_string() == "long")
         .collect();
@@ -203,15 +203,9 @@ fn swaps_fcfs_to_sjf_to_fair_under_100_streams_fail_nothing_and_change_no_output
     let expected = stream_greedy(&baseline.url, CLIENTS, TOKENS, |_| {});
     baseline.stop();
 
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
-        &[
-            "--admin-api-key",
-            "root",
-            "--journey-log",
-            log.to_str().expect("utf-8 path"),
-        ],
+        &["--admin-api-key", "root", "--journey-log", log.arg()],
         &[],
     );
     let admin = format!("{}/admin/scheduler", server.url);
@@ -247,7 +241,7 @@ fn swaps_fcfs_to_sjf_to_fair_under_100_streams_fail_nothing_and_change_no_output
     let failed: Vec<&String> = got.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     assert_eq!(got, expected, "greedy outputs equal the run without swaps");
-    let events = journey_log(&log);
+    let events = log.events();
     assert_eq!(
         events
             .iter()

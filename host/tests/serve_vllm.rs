@@ -4,7 +4,7 @@
 
 mod serving;
 
-use serving::{journey_log, post_with_id, Server};
+use serving::{post_with_id, JourneyLog, Server};
 
 fn json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
@@ -114,9 +114,8 @@ fn vllm_routes_answer_in_vllms_shapes_without_the_api_key() {
 
 #[test]
 fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
-    let server = Server::start(&["--journey-log", log.to_str().expect("utf-8 path")], &[]);
+    let log = JourneyLog::new();
+    let server = Server::start(&["--journey-log", log.arg()], &[]);
     let client = reqwest::blocking::Client::new();
     let completions = format!("{}/v1/completions", server.url);
     let send = |id: &str, body: serde_json::Value| post_with_id(&client, &completions, id, &body);
@@ -178,7 +177,8 @@ fn x_request_id_names_the_journey_and_comes_back_on_every_response() {
     assert_eq!(echoed(&response).as_deref(), Some("lost-1"));
     server.stop();
 
-    let ids: std::collections::BTreeSet<String> = journey_log(&log)
+    let ids: std::collections::BTreeSet<String> = log
+        .events()
         .into_iter()
         .map(|event| event.request_id.to_string())
         .collect();
@@ -261,12 +261,11 @@ fn cache_salt_keeps_prefix_cache_hits_within_one_salt() {
 
 #[test]
 fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metrics() {
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
         &[
             "--journey-log",
-            log.to_str().expect("utf-8 path"),
+            log.arg(),
             "--max-tenants",
             "2",
             "--scheduler",
@@ -328,7 +327,7 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
     }
     server.stop();
 
-    let journeys = journey_log(&log);
+    let journeys = log.events();
     let index_of = |id: &str| {
         journeys
             .iter()
@@ -346,14 +345,9 @@ fn tenants_from_the_gateway_header_or_user_get_bounded_client_indices_and_metric
 
 #[test]
 fn timings_come_from_the_journey_when_asked_for_and_only_then() {
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let log = scratch.path().join("journeys.jsonl");
+    let log = JourneyLog::new();
     let server = Server::start(
-        &[
-            "--enable-request-timings",
-            "--journey-log",
-            log.to_str().expect("utf-8 path"),
-        ],
+        &["--enable-request-timings", "--journey-log", log.arg()],
         &[],
     );
     let client = reqwest::blocking::Client::new();
@@ -435,7 +429,8 @@ fn timings_come_from_the_journey_when_asked_for_and_only_then() {
     server.stop();
 
     // The steps are the journey's own.
-    let events: Vec<_> = journey_log(&log)
+    let events: Vec<_> = log
+        .events()
         .into_iter()
         .filter(|event| event.request_id.to_string() == "timed")
         .collect();

@@ -22,13 +22,34 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
-/// The events of a journey log `waypoint serve` wrote.
-pub fn journey_log(path: &std::path::Path) -> Vec<waypoint_scheduler::JourneyEvent> {
-    std::fs::read_to_string(path)
-        .expect("the journey log")
-        .lines()
-        .map(|line| waypoint_scheduler::JourneyEvent::from_json_line(line).expect("a journey line"))
-        .collect()
+/// A `--journey-log` for `waypoint serve`, in a folder removed when this drops.
+pub struct JourneyLog {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl JourneyLog {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let path = dir.path().join("journeys.jsonl");
+        Self { _dir: dir, path }
+    }
+
+    /// The path, as the flag's argument.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+
+    /// The events the server wrote.
+    pub fn events(&self) -> Vec<waypoint_scheduler::JourneyEvent> {
+        std::fs::read_to_string(&self.path)
+            .expect("the journey log")
+            .lines()
+            .map(|line| {
+                waypoint_scheduler::JourneyEvent::from_json_line(line).expect("a journey line")
+            })
+            .collect()
+    }
 }
 
 /// A completion request with an `X-Request-Id`.
